@@ -1,0 +1,262 @@
+"""Schedules match their definitions at the boundaries, round-trip through dicts, and reject bad input."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freezelab.schedules import (
+    Alternate,
+    BlockCycle,
+    Chain,
+    Clock,
+    Freeze,
+    FreezeOut,
+    Intersect,
+    Progressive,
+    RandomLayers,
+    ScheduleError,
+    Standard,
+    Warmup,
+    composer_freeze_fraction,
+    freezeout_times,
+    list_schedules,
+    parse_schedule,
+    schedule_from_dict,
+)
+
+HALVES = ("first", "second")
+LAYERS = ("l0", "l1", "l2", "l3", "l4")
+SPE, EPOCHS = 10, 6
+
+
+def at(step, spe=SPE, epochs=EPOCHS):
+    return Clock.at(step, spe, epochs)
+
+
+def train(s, step, groups=HALVES, **kw):
+    return s.trainable(at(step, **kw), groups)
+
+
+# -- alternation ------------------------------------------------------------------
+def test_alternate_per_epoch_flips_at_epoch_boundaries():
+    s = Alternate(unit="epoch")
+    assert train(s, 0) == train(s, SPE - 1) == {"first"}
+    assert train(s, SPE) == train(s, 2 * SPE - 1) == {"second"}
+    assert train(s, 2 * SPE) == {"first"}
+
+
+def test_alternate_every_k_batches_switches_exactly_at_k():
+    s = Alternate(unit="batch", every=3)
+    assert [next(iter(train(s, i))) for i in range(7)] == ["first"] * 3 + ["second"] * 3 + ["first"]
+
+
+def test_alternate_either_half_first():
+    s = Alternate(unit="batch", every=50, first="second")
+    assert train(s, 0) == {"second"} and train(s, 50) == {"first"}
+    lora_first = Alternate(("norm", "lora"), every=50, unit="batch")  # seed 002: LoRA frozen first
+    assert lora_first.trainable(at(49), ("rest", "norm", "lora")) == {"rest", "norm"}
+    assert lora_first.trainable(at(50), ("rest", "norm", "lora")) == {"rest", "lora"}
+
+
+def test_alternate_validation():
+    with pytest.raises(ScheduleError, match="at least 2"):
+        Alternate().validate(("only",))
+    with pytest.raises(ScheduleError, match="not schedulable"):
+        Alternate(("a", "zzz")).validate(("a", "b"))
+    with pytest.raises(ScheduleError, match="first="):
+        Alternate(first="nope").validate(HALVES)
+    with pytest.raises(ScheduleError, match="positive integer"):
+        Alternate(every=0)
+    with pytest.raises(ScheduleError, match="unit"):
+        Alternate(unit="minute")
+
+
+# -- warm-up and chains --------------------------------------------------------------
+def test_warmup_ends_exactly_after_n_steps():
+    s = Warmup(("lora",), steps=200)
+    g = ("norm", "lora")
+    assert s.trainable(at(199, spe=1000), g) == {"norm"}
+    assert s.trainable(at(200, spe=1000), g) == {"norm", "lora"}
+
+
+def test_warmup_then_alternation_starts_its_own_clock():
+    s = Warmup(("lora",), steps=200, then=Alternate(("norm", "lora"), every=25, unit="batch"))
+    g = ("norm", "lora")
+    assert s.trainable(at(200, spe=1000), g) == {"norm"}
+    assert s.trainable(at(224, spe=1000), g) == {"norm"}
+    assert s.trainable(at(225, spe=1000), g) == {"lora"}
+
+
+def test_warmup_keeps_the_runs_epoch_boundaries():
+    s = Warmup(("first",), steps=3, then=Alternate(unit="epoch"))
+    assert train(s, SPE - 1) == {"first"}  # epoch 0 of the run: first trains
+    assert train(s, SPE) == {"second"}  # flips at the real epoch end, not 3 steps later
+
+
+def test_chain_phases():
+    s = Chain(((Freeze(("first",)), 2, "epoch"), (Alternate(unit="batch", every=5), 7, "batch"), (Standard(), None, "batch")))
+    assert train(s, 2 * SPE - 1) == {"second"}
+    assert train(s, 2 * SPE) == {"first"} and train(s, 2 * SPE + 5) == {"second"}
+    assert train(s, 2 * SPE + 7) == {"first", "second"}
+    with pytest.raises(ScheduleError, match="only the last phase"):
+        Chain(((Standard(), None, "batch"), (Standard(), 3, "batch")))
+
+
+def test_intersect_needs_both():
+    s = Intersect((Freeze(("l0",)), BlockCycle(every=1)))
+    assert s.trainable(at(0), LAYERS) == set()
+    assert s.trainable(at(1), LAYERS) == {"l1"}
+
+
+# -- progressive (Composer) ------------------------------------------------------------
+def composer_reference(epoch, epochs, n_layers, freeze_start, freeze_level):
+    """Composer's freeze_layers, transcribed: frozen count among the first n-1 layers."""
+    current = epoch / epochs
+    if current <= freeze_start:
+        pct = 0.0
+    else:
+        pct = freeze_level * ((current - freeze_start) / (1.0 - freeze_start))
+    return int(pct * len(list(range(n_layers))[0:-1]))
+
+
+@pytest.mark.parametrize("start,level", [(0.5, 1.0), (0.1, 0.8), (0.0, 1.0), (0.3, 0.5)])
+def test_progressive_matches_composer_every_epoch(start, level):
+    s = Progressive(freeze_start=start, freeze_level=level)
+    epochs = 10
+    for epoch in range(epochs):
+        clock = Clock.at(epoch * SPE + 3, SPE, epochs)
+        frozen = s.frozen(clock, LAYERS)
+        depth = composer_reference(epoch, epochs, len(LAYERS), start, level)
+        assert frozen == set(LAYERS[:depth])
+        assert "l4" not in frozen  # last module never frozen
+
+
+def test_progressive_nothing_frozen_until_freeze_start_and_monotone():
+    s = Progressive(freeze_start=0.5, unit="batch")
+    total = SPE * EPOCHS
+    prev = set()
+    for step in range(total):
+        frozen = s.frozen(at(step), LAYERS)
+        if step / total <= 0.5:
+            assert frozen == set()
+        assert prev <= frozen
+        prev = frozen
+    assert prev == set(LAYERS[:3])  # int(59/60 * ... ) of 4 freezable
+
+
+def test_composer_fraction_boundaries():
+    assert composer_freeze_fraction(0.5, 0.5, 1.0) == 0.0
+    assert composer_freeze_fraction(1.0, 0.5, 1.0) == 1.0
+    assert composer_freeze_fraction(0.75, 0.5, 0.8) == pytest.approx(0.4)
+
+
+# -- FreezeOut ---------------------------------------------------------------------------
+def test_freezeout_times_and_boundaries():
+    assert freezeout_times(5, 0.5, "linear") == [0.5, 0.625, 0.75, 0.875, 1.0]
+    assert freezeout_times(3, 0.5, "cubic") == pytest.approx([0.125, 0.421875, 1.0])
+    s = FreezeOut(t0=0.5)
+    total = SPE * EPOCHS
+    first_frozen_step = next(i for i in range(total) if "l0" in s.frozen(at(i), LAYERS))
+    assert first_frozen_step == math.ceil(0.5 * total)
+    assert all("l4" not in s.frozen(at(i), LAYERS) for i in range(total))
+    with pytest.raises(ScheduleError, match="scaling"):
+        FreezeOut(scaling="quartic")
+
+
+# -- BAdam and LISA -----------------------------------------------------------------------
+def test_block_cycle_orders():
+    asc = [next(iter(BlockCycle(every=2).trainable(at(i), LAYERS))) for i in range(0, 20, 2)]
+    assert asc == list(LAYERS) * 2
+    desc = [next(iter(BlockCycle(every=1, order="descending").trainable(at(i), LAYERS))) for i in range(5)]
+    assert desc == list(reversed(LAYERS))
+
+
+def test_block_cycle_random_visits_each_block_once_per_cycle():
+    s = BlockCycle(every=1, order="random", seed=3)
+    cycles = [[next(iter(s.trainable(at(c * 5 + i), LAYERS))) for i in range(5)] for c in range(4)]
+    assert all(sorted(c) == sorted(LAYERS) for c in cycles)
+    assert len({tuple(c) for c in cycles}) > 1  # reshuffled between cycles
+
+
+def test_random_layers_constant_within_period_and_seeded():
+    s = RandomLayers(k=2, every=4, seed=1)
+    sets = [s.trainable(at(i), LAYERS) for i in range(40)]
+    assert all(len(x) == 2 for x in sets)
+    assert all(sets[i] == sets[i - i % 4] for i in range(40))
+    assert len(set(map(frozenset, sets))) > 2
+    assert sets == [RandomLayers(k=2, every=4, seed=1).trainable(at(i), LAYERS) for i in range(40)]
+    with pytest.raises(ScheduleError, match="exceeds"):
+        RandomLayers(k=9).validate(LAYERS)
+
+
+# -- serialisation and the registry ---------------------------------------------------------
+ALL = [
+    Standard(),
+    Freeze(("first",)),
+    Alternate(unit="batch", every=7, first="second"),
+    Warmup(("first",), 3, Alternate(unit="epoch")),
+    Progressive(0.2, 0.9, unit="batch"),
+    FreezeOut(0.3, "squared"),
+    BlockCycle(every=5, order="random", seed=2),
+    RandomLayers(k=1, every=3, seed=4),
+    Chain(((Freeze(("first",)), 1, "epoch"), (Standard(), None, "batch"))),
+    Intersect((Progressive(), Alternate())),
+]
+
+
+@pytest.mark.parametrize("s", ALL, ids=lambda s: s.name)
+def test_round_trip_and_describe(s):
+    import yaml
+
+    d = yaml.safe_load(yaml.safe_dump(s.to_dict()))
+    assert schedule_from_dict(d) == s
+    assert "\n" not in s.describe() and s.describe()
+
+
+def test_every_registered_schedule_is_covered():
+    assert {s.name for s in ALL} == set(list_schedules())
+
+
+def test_unknown_names_and_keys_are_clear_errors():
+    with pytest.raises(ScheduleError, match="unknown schedule 'alternating'"):
+        schedule_from_dict({"name": "alternating"})
+    with pytest.raises(ScheduleError, match="no option 'evry'"):
+        schedule_from_dict({"name": "alternate", "evry": 2})
+    with pytest.raises(ScheduleError, match="key=value"):
+        parse_schedule("alternate:every")
+
+
+def test_cli_shorthand():
+    assert parse_schedule("alternate:unit=batch,every=50,groups=[norm,lora]") == Alternate(("norm", "lora"), 50, "batch")
+    assert parse_schedule("standard") == Standard()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    every=st.integers(1, 20),
+    unit=st.sampled_from(["batch", "epoch"]),
+    first=st.sampled_from([None, "first", "second"]),
+    step=st.integers(0, SPE * EPOCHS - 1),
+)
+def test_alternate_property_exactly_one_half(every, unit, first, step):
+    s = Alternate(every=every, unit=unit, first=first)
+    assert schedule_from_dict(s.to_dict()) == s
+    assert len(train(s, step)) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.floats(0, 0.95),
+    level=st.floats(0, 1),
+    t0=st.floats(0.01, 1),
+    k=st.integers(1, 5),
+    every=st.integers(1, 9),
+    step=st.integers(0, SPE * EPOCHS - 1),
+)
+def test_layer_schedules_property(start, level, t0, k, every, step):
+    for s in (Progressive(start, level, unit="batch"), FreezeOut(t0), BlockCycle(every=every), RandomLayers(k, every)):
+        got = s.trainable(at(step), LAYERS)
+        assert got <= set(LAYERS) and got  # never freezes everything
+        assert schedule_from_dict(s.to_dict()) == s
