@@ -1,0 +1,223 @@
+"""Datasets and split recipes by name, and ``load_dataset``, the one entry point.
+
+A recipe is a named, seed-exact way to cut a dataset into train/val/test and scale its pixels;
+``fmnist_90_10`` and ``mnist10k_80_20`` reproduce the seed notebooks' splits bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .sources import read_cifar, read_digits, read_mnist_like, resolve_data_root
+from .splits import DatasetSplits, Device, Split, map_shared
+
+__all__ = ["Recipe", "list_datasets", "list_recipes", "load_dataset", "random_split_indices"]
+
+
+def random_split_indices(n: int, lengths: Sequence[int], seed: int) -> list[Tensor]:
+    """The indices ``torch.utils.data.random_split`` picks, without building a Dataset.
+
+    random_split takes ``randperm(n, generator=Generator().manual_seed(seed))`` and cuts it into
+    consecutive pieces; doing the same here keeps notebooks' splits bit-exact.
+
+    >>> [len(i) for i in random_split_indices(10, [9, 1], seed=42)]
+    [9, 1]
+    """
+    if sum(lengths) != n:
+        raise ValueError(f"lengths {list(lengths)} sum to {sum(lengths)}, not n={n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return list(torch.split(perm, list(lengths)))
+
+
+def _holdout_90_10(train: Split, test: Split | None, seed: int) -> tuple[Split, Split, Split]:
+    assert test is not None, "this recipe needs an official test split"
+    n = len(train)
+    n_train = int(0.9 * n)  # seed 004's formula
+    tr, va = random_split_indices(n, [n_train, n - n_train], seed)
+    return train[tr], train[va], test
+
+
+def _mnist10k_80_20(train: Split, _test: Split | None, seed: int) -> tuple[Split, Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    pool = train[:10_000]
+    tr, te = train_test_split(np.arange(len(pool)), test_size=0.2, random_state=seed)
+    held_out = pool[torch.from_numpy(te)]
+    return pool[torch.from_numpy(tr)], held_out, held_out
+
+
+def _stratified_60_20_20(pool: Split, _test: Split | None, seed: int) -> tuple[Split, Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    y = pool.y.numpy()
+    rest, te = train_test_split(np.arange(len(pool)), test_size=0.2, random_state=seed, stratify=y)
+    tr, va = train_test_split(rest, test_size=0.25, random_state=seed, stratify=y[rest])
+    return pool[torch.from_numpy(tr)], pool[torch.from_numpy(va)], pool[torch.from_numpy(te)]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to cut a dataset into train/val/test and scale its pixels.
+
+    ``split`` gets (official train, official test or None, seed) as uint8 and returns
+    (train, val, test). ``mean``/``std`` act on pixels scaled to [0, 1]; None means the dataset's.
+    """
+
+    description: str
+    split: Callable[[Split, Split | None, int], tuple[Split, Split, Split]]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+_STANDARD = Recipe("official train/test; val = a seeded 10% of train, cut like random_split", _holdout_90_10)
+_RECIPES_MNIST = {
+    "standard": _STANDARD,
+    "mnist10k_80_20": Recipe(
+        "seed 001: first 10,000 train images in [0,1], sklearn train_test_split 8000/2000 "
+        "(random_state=seed; the notebook used 42); no val split, so val IS test",
+        _mnist10k_80_20,
+    ),
+}
+_RECIPES_FMNIST = {
+    "standard": _STANDARD,
+    "fmnist_90_10": Recipe(
+        "seed 004: random_split(train, [54000, 6000], Generator().manual_seed(seed)) (the notebook "
+        "used 42), official test; pixels ToTensor+Normalize(0.5, 0.5), i.e. in [-1, 1]",
+        _holdout_90_10,
+        mean=(0.5,),
+        std=(0.5,),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _DatasetInfo:
+    description: str
+    num_classes: int
+    load: Callable[[str | os.PathLike[str] | None, bool], tuple[Split, Split | None]]
+    recipes: dict[str, Recipe]  # the first is the default
+    max_value: float = 255.0  # raw pixel value that maps to 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+def _from_root(loader: Callable[..., tuple[Split, Split]], name: str, tv_class: str) -> Callable:
+    return lambda root, download: loader(name, tv_class, resolve_data_root(root), download)
+
+
+_DATASETS: dict[str, _DatasetInfo] = {
+    "digits": _DatasetInfo(
+        "scikit-learn 8x8 digits, 1797 images, 10 classes, bundled (no download); stratified 60/20/20",
+        10,
+        read_digits,
+        {"standard": Recipe("stratified 60/20/20 train/val/test (sklearn, random_state=seed)", _stratified_60_20_20)},
+        max_value=16.0,
+    ),
+    "mnist": _DatasetInfo(
+        "MNIST handwritten digits, 28x28 grey, 60k train / 10k test, 10 classes",
+        10,
+        _from_root(read_mnist_like, "mnist", "MNIST"),
+        _RECIPES_MNIST,
+    ),
+    "fashion_mnist": _DatasetInfo(
+        "Fashion-MNIST clothing, 28x28 grey, 60k train / 10k test, 10 classes",
+        10,
+        _from_root(read_mnist_like, "fashion_mnist", "FashionMNIST"),
+        _RECIPES_FMNIST,
+    ),
+    "cifar10": _DatasetInfo(
+        "CIFAR-10, 32x32 RGB, 50k train / 10k test, 10 classes (torchvision layout)",
+        10,
+        _from_root(read_cifar, "cifar10", "CIFAR10"),
+        {"standard": _STANDARD},
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": _DatasetInfo(
+        "CIFAR-100, 32x32 RGB, 50k train / 10k test, 100 classes (torchvision layout)",
+        100,
+        _from_root(read_cifar, "cifar100", "CIFAR100"),
+        {"standard": _STANDARD},
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+    ),
+}
+
+
+def list_datasets() -> dict[str, str]:
+    """Dataset names with a one-line description, for the CLI.
+
+    >>> "digits" in list_datasets()
+    True
+    """
+    return {name: info.description for name, info in _DATASETS.items()}
+
+
+def list_recipes(name: str) -> dict[str, str]:
+    """Recipe names of one dataset with a one-line description; the first is the default.
+
+    >>> list(list_recipes("fashion_mnist"))
+    ['standard', 'fmnist_90_10']
+    """
+    return {r: recipe.description for r, recipe in _dataset(name).recipes.items()}
+
+
+def _dataset(name: str) -> _DatasetInfo:
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}")
+    return _DATASETS[name]
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    recipe: str | None = None,
+    seed: int = 0,
+    flatten: bool = True,
+    download: bool = False,
+    device: Device = "cpu",
+    subset: int | None = None,
+) -> DatasetSplits:
+    """Load ``name`` split by ``recipe`` (default: the dataset's first) as float32 tensors on ``device``.
+
+    ``flatten`` gives (N, C*H*W) for MLPs, else (N, C, H, W). ``subset`` keeps the first N
+    training examples (val and test are untouched), for fast tests. Pixels move to the device
+    as uint8 and are scaled there: a quarter of the bytes to copy.
+
+    >>> ds = load_dataset("fashion_mnist", recipe="fmnist_90_10", seed=42, device="cuda")
+    >>> len(ds.train), len(ds.val), len(ds.test)
+    (54000, 6000, 10000)
+    """
+    info = _dataset(name)
+    recipe = recipe or next(iter(info.recipes))
+    if recipe not in info.recipes:
+        raise ValueError(f"unknown recipe {recipe!r} for {name!r}; choose one of {', '.join(info.recipes)}")
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be a positive number of training examples, got {subset}")
+    rec = info.recipes[recipe]
+    train, val, test = rec.split(*info.load(root, download), seed)
+    if subset is not None:
+        train = train[:subset]
+    mean, std = rec.mean or info.mean, rec.std or info.std
+
+    def prepare(s: Split) -> Split:
+        return _scale(s.to(device), info.max_value, mean, std, flatten)
+
+    train, val, test = map_shared((train, val, test), prepare)
+    return DatasetSplits(name, train, val, test, info.num_classes, tuple(train.x.shape[1:]), recipe)
+
+
+def _scale(s: Split, max_value: float, mean: Sequence[float], std: Sequence[float], flatten: bool) -> Split:
+    """uint8 -> float32 exactly as ToTensor + Normalize do it (divide, subtract, divide)."""
+    x = s.x.float().div_(max_value)  # .float() copies, so the in-place ops never touch the source
+    if any(m != 0.0 for m in mean) or any(d != 1.0 for d in std):
+        x.sub_(torch.tensor(mean, device=x.device).view(-1, 1, 1))
+        x.div_(torch.tensor(std, device=x.device).view(-1, 1, 1))
+    return Split(x.flatten(1) if flatten else x, s.y)
