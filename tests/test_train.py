@@ -1,0 +1,152 @@
+"""One training run: the run folder, identical starts, resume, divergence, and the seeds' accuracies."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from freezelab import runlog
+from freezelab.config import ConfigError, RunConfig
+from freezelab.train import TrainingDiverged, build_run, train
+
+from conftest import data_root
+
+TINY = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [32, 32]}}
+
+
+def test_run_folder_has_everything_the_notebooks_log(tmp_path):
+    result = train({**TINY, "schedule": {"name": "alternate", "unit": "epoch"}}, tmp_path, progress=False)
+    for name in ("config.yaml", "epochs.parquet", "steps.parquet", "summary.json", "checkpoint.pt"):
+        assert (tmp_path / name).exists(), name
+    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    for col in ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                "trainable", "trainable_fraction", "opt_state_bytes", "val_ece", "grad_cosine",
+                "grad_mean_abs:fc1.weight", "grad_std:fc1.weight", "grad_pct_zero:fc1.weight", "dead_pct:act1"):
+        assert col in epochs.columns, col
+    assert epochs["trainable"].tolist() == ["first", "second", "first"]
+    assert epochs["epoch"].tolist() == [1, 2, 3]
+    assert ((epochs["val_acc"] >= 0) & (epochs["val_acc"] <= 1)).all()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert set(steps.columns) >= {"step", "epoch", "loss", "trainable", "trainable_fraction", "step_time_s"}
+    assert steps["step"].tolist() == list(range(len(steps)))
+    summary = runlog.read_summary(tmp_path)
+    for key in ("final_val_acc", "best_val_acc", "best_epoch", "epoch_to_90pct_best", "final_test_acc", "stability",
+                "mean_early_grad", "avg_epoch_time_s", "time_to_target_s", "peak_mem_bytes", "test_ece", "reliability",
+                "throughput_samples_per_s", "step_time_ms", "device", "torch_version"):
+        assert key in summary, key
+    assert summary["final_val_acc"] > 0.5
+    assert 0 < summary["stability"] <= 1
+    assert summary["switches"] == 2
+
+
+def test_identical_starts_whatever_the_schedule():
+    runs = [build_run({**TINY, "schedule": s}) for s in (
+        {"name": "standard"}, {"name": "alternate", "unit": "batch"}, {"name": "random_layers", "k": 1, "every": 2})]
+    states = [r.model.state_dict() for r in runs]
+    for other in states[1:]:
+        assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+    for epoch in range(3):
+        perms = [r.batches.epoch(epoch) for r in runs]
+        assert all(torch.equal(perms[0], p) for p in perms[1:])
+    assert all(torch.equal(runs[0].data.train.x, r.data.train.x) for r in runs[1:])
+    other_seed = build_run({**TINY, "seed": 1})
+    assert not torch.equal(other_seed.model.state_dict()["fc1.weight"], states[0]["fc1.weight"])
+
+
+def test_same_seed_same_curve_and_schedule_changes_it():
+    a = train(TINY, progress=False).epochs
+    b = train(TINY, progress=False).epochs
+    c = train({**TINY, "schedule": {"name": "alternate", "unit": "batch"}}, progress=False).epochs
+    assert a["train_loss"].tolist() == b["train_loss"].tolist()
+    assert a["train_loss"].tolist() != c["train_loss"].tolist()
+
+
+def test_frozen_half_really_does_not_move_during_training():
+    cfg = {**TINY, "schedule": {"name": "freeze", "groups": ["first"]}, "optimizer": "adamw", "weight_decay": 0.1}
+    start = {k: v.clone() for k, v in build_run(cfg).model.state_dict().items()}
+    model = train(cfg, progress=False).model
+    end = model.state_dict()
+    assert torch.equal(start["fc1.weight"], end["fc1.weight"]) and torch.equal(start["fc1.bias"], end["fc1.bias"])
+    assert not torch.equal(start["fc3.weight"], end["fc3.weight"])
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = {**TINY, "epochs": 4, "schedule": {"name": "alternate", "unit": "batch", "every": 3}, "policy": "remove"}
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    import freezelab.train as train_mod
+
+    real = train_mod._save_progress
+    calls = []
+
+    def crash_after_two(run, run_dir, rows, step_rows, epoch):
+        real(run, run_dir, rows, step_rows, epoch)
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_progress", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_mod, "_save_progress", real)
+    assert not runlog.is_finished(tmp_path / "cut")
+    resumed = train(cfg, tmp_path / "cut", progress=False)
+    assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
+    assert resumed.epochs["val_acc"].tolist() == full.epochs["val_acc"].tolist()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypatch):
+    import freezelab.fast as fast
+
+    real = fast.EagerStepper.run_epoch
+
+    def poisoned(self, epoch, perm, bar=None):
+        losses, *rest = real(self, epoch, perm, bar)
+        return (losses * float("nan") if epoch == 1 else losses), *rest
+
+    monkeypatch.setattr(fast.EagerStepper, "run_epoch", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2.*lower lr.*1 finished epochs are kept"):
+        train(TINY, tmp_path, progress=False)
+    kept = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert kept["epoch"].tolist()[0] == 1 and math.isfinite(kept["train_loss"][0])
+    assert not runlog.is_finished(tmp_path)
+
+
+def test_bad_config_is_one_clear_line():
+    with pytest.raises(ConfigError, match="unknown run option 'epoch'.*did you mean 'epochs'"):
+        RunConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown schedule 'alternating'"):
+        RunConfig.from_dict({"schedule": {"name": "alternating"}})
+    with pytest.raises(ConfigError, match="optimizer 'adagrad' is unknown"):
+        RunConfig.from_dict({"optimizer": "adagrad"})
+    with pytest.raises(ConfigError, match="dataset 'imagenet' is unknown"):
+        RunConfig.from_dict({"dataset": "imagenet"})
+
+
+def test_lr_schedule_is_logged_as_applied():
+    epochs = train({**TINY, "epochs": 4, "optimizer": "sgd", "lr": 0.1, "lr_schedule": "step"}, progress=False).epochs
+    # step: step_size = max(1, 4 // 3) = 1 epoch, gamma 0.1
+    assert epochs["lr"].tolist() == pytest.approx([0.1, 0.01, 0.001, 0.0001])
+
+
+@pytest.mark.slow
+def test_seed_004_recipe_reaches_85pct_on_fashion_mnist():
+    root = data_root()
+    if root is None:
+        pytest.skip("FREEZELAB_DATA is not set to a folder with FashionMNIST/raw (make test sets it)")
+    result = train({"dataset": "fashion_mnist", "recipe": "fmnist_90_10", "data_root": root, "model": "fashion_mlp",
+                    "optimizer": "adam", "lr": 1e-3, "epochs": 3, "batch_size": 128, "seed": 42}, progress=False)
+    assert result.summary["best_val_acc"] >= 0.85, result.epochs[["epoch", "val_acc"]]
+
+
+@pytest.mark.slow
+def test_seed_001_recipe_reaches_95pct_on_mnist():
+    root = data_root()
+    if root is None:
+        pytest.skip("FREEZELAB_DATA is not set to a folder with MNIST/raw (make test sets it)")
+    result = train({"dataset": "mnist", "recipe": "mnist10k_80_20", "data_root": root, "model": "seed001_mlp",
+                    "optimizer": "adam", "lr": 1e-3, "epochs": 8, "batch_size": 128, "seed": 42}, progress=False)
+    assert result.summary["best_val_acc"] >= 0.95, result.epochs[["epoch", "val_acc"]]
