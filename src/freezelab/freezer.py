@@ -125,10 +125,10 @@ class Freezer:
         self.optimizer = optimizer
         self.trainable: frozenset[str] | None = None
         self.switches = 0
+        self.trainable_numel = 0
         named = dict(model.named_parameters())
         self._params = {g.name: [named[p] for p in g.param_names] for g in groups}
         self._total_numel = sum(p.numel() for p in model.parameters())
-        self._unmanaged = [named[n] for n in groups.unmanaged]
         # The full membership of each optimizer param group, so `remove`/`release` can thaw.
         self._full_groups = [list(g["params"]) for g in optimizer.param_groups] if optimizer else []
         self._norms = [
@@ -159,6 +159,7 @@ class Freezer:
         if self.trainable is not None:
             self.switches += 1
         self.trainable = frozenset(names)
+        self.trainable_numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.optimizer is not None:
             self._sync_optimizer()
 
@@ -212,11 +213,6 @@ class Freezer:
             module.train(self.model.training and any(p.requires_grad for p in params))
 
     # -- accounting ---------------------------------------------------------------------
-    @property
-    def trainable_numel(self) -> int:
-        managed = sum(p.numel() for g in self.trainable or () for p in self._params[g])
-        return managed + sum(p.numel() for p in self._unmanaged if p.requires_grad)
-
     @property
     def trainable_fraction(self) -> float:
         """Trainable parameters over all parameters of the model."""
