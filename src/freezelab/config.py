@@ -12,12 +12,35 @@ folder, and two runs are "the same run" exactly when their configs are equal.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from .schedules import Schedule, ScheduleError, schedule_from_dict
 
-__all__ = ["RunConfig", "ConfigError"]
+__all__ = ["RunConfig", "ConfigError", "load_yaml"]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` is a string; read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-3`` as a number (config files, ``--set lr=1e-3``).
+
+    >>> load_yaml("lr: 1e-3")
+    {'lr': 0.001}
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -92,14 +115,26 @@ class RunConfig:
             if not cond:
                 raise ConfigError(msg)
 
+        def integer(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+            need(integer(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+        need(integer(self.seed), f"seed must be an integer, got {self.seed!r}")
         need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(
+            self.target_acc is None or (isinstance(self.target_acc, (int, float)) and 0 < self.target_acc <= 1),
+            f"target_acc is a fraction in (0, 1] or null, got {self.target_acc!r}",
+        )
         need(self.policy in POLICIES, f"policy {self.policy!r} is unknown; choose from {list(POLICIES)}")
         need(self.bn_stats in BN_STATS, f"bn_stats {self.bn_stats!r} is unknown; choose from {list(BN_STATS)}")
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
-        need(self.subset is None or self.subset >= 1, f"subset must be >= 1 or null, got {self.subset!r}")
+        need(self.subset is None or (integer(self.subset) and self.subset >= 1), f"subset must be >= 1 or null, got {self.subset!r}")
+        need(
+            isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
         need(isinstance(self.schedule, dict) and "name" in self.schedule, "schedule must be a mapping with a 'name'")
         need(isinstance(self.groups, dict), "groups must be a mapping such as {by: depth, blocks: 2}")
         self.schedule_obj()

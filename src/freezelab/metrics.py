@@ -15,6 +15,7 @@ host-side lists of floats, because they run after training.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -136,6 +137,16 @@ def expected_calibration_error(
     ece = (acc_sum - conf_sum).abs().sum() / confidences.numel()
     nonempty = count.clamp(min=1)
     return ece, {"conf": conf_sum / nonempty, "acc": acc_sum / nonempty, "count": count}
+
+
+@functools.cache
+def warm_up_jvp() -> None:
+    """Pay torch's one-time forward-mode AD set-up (~2 s) now, not inside a timed epoch."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own use of torch.jit.script
+        jvp(lambda t: t * 2, (torch.ones(1),), (torch.ones(1),))
 
 
 def function_space_cosine(

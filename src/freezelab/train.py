@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ __all__ = ["train", "RunResult", "TrainingDiverged", "resolve_device", "build_ru
 
 #: Models that take images as NCHW tensors (everything else gets flattened inputs).
 IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
+
+
+_INIT_LOCK = threading.Lock()
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,7 +136,7 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
             kwargs.setdefault("activation", cfg.activation)
         elif cfg.activation != "relu":
             raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
-    with torch.random.fork_rng(devices=[]):
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # runs in threads must not share the RNG stream
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, **kwargs)
 
@@ -250,6 +254,8 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stepper = _make_stepper(run)
+    if cfg.grad_stats:
+        metrics.warm_up_jvp()
     bar = _Progress(progress if progress is not None else not _quiet(), cfg.epochs, spe, cfg.variant or cfg.experiment)
     torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule
     try:
@@ -259,7 +265,7 @@ def train(
             model.train()
             losses, trainable, fractions, step_times = stepper.run_epoch(epoch, perm, bar)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
+                torch.cuda.current_stream(device).synchronize()  # this run's stream only: runs may share the GPU
             train_time = time.perf_counter() - t0
             row = _epoch_row(run, epoch, losses, trainable, fractions, train_time)
             row["epoch_time_s"] = time.perf_counter() - t0

@@ -1,0 +1,167 @@
+"""Run an experiment's grid: one folder per run, skip what is finished, resume what is not.
+
+Re-running the same command is always safe: finished runs (``summary.json`` present) are
+skipped, unfinished ones resume from their last epoch checkpoint, and a folder whose saved
+config differs from the one asked for is refused rather than overwritten. Small runs can
+share a machine (and one GPU) through ``jobs`` worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runlog
+from .config import ConfigError, RunConfig
+from .experiment import Experiment
+from .schedules import ScheduleError, schedule_from_dict
+
+__all__ = ["run_experiment", "RunOutcome", "ConfigChanged", "check_run_dir"]
+
+
+class ConfigChanged(ConfigError):
+    """A run folder already holds a run with a different configuration."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    error: str | None = None
+
+
+#: Fields that say where or how a run executes, not what it computes: changing them is no new run.
+_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "fast"}
+
+
+def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
+    """``True`` if the run is already finished; raise :class:`ConfigChanged` on a mismatch."""
+    saved = runlog.read_config(run_dir)
+    if saved is None:
+        return False
+    wanted = cfg.to_dict()
+    # {name: alternate, unit: epoch} and the same with its defaults spelled out are one schedule.
+    saved["schedule"], wanted["schedule"] = _canonical(saved.get("schedule")), _canonical(wanted["schedule"])
+    diff = sorted(k for k in (set(saved) | set(wanted)) - _WHERE_NOT_WHAT if saved.get(k) != wanted.get(k))
+    if diff:
+        k = diff[0]
+        raise ConfigChanged(
+            f"{run_dir} holds a run with {k}={saved.get(k)!r}, but the config now says {k}={wanted.get(k)!r}; "
+            "write to another folder (--runs-dir, or --out for train) or remove that one to rerun it"
+        )
+    return runlog.is_finished(run_dir)
+
+
+def _canonical(schedule: Any) -> Any:
+    try:
+        return schedule_from_dict(schedule).to_dict()
+    except (ScheduleError, TypeError):
+        return schedule
+
+
+def _cpus() -> int:
+    """CPUs this process may use (``os.cpu_count`` counts the whole machine, ignoring affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _train_one(config: dict[str, Any], run_dir: str, threads: int | None = None) -> float:
+    """Worker entry point (top level so it pickles): train one run into ``run_dir``."""
+    import torch
+
+    from .train import train
+
+    if threads:  # workers split the CPUs; in-process runs keep the caller's setting
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    train(RunConfig.from_dict(config), run_dir, progress=False)
+    return time.perf_counter() - t0
+
+
+def _train_on_own_stream(cfg: RunConfig, run_dir: Path) -> float:
+    """Thread worker: one run on its own CUDA stream (so concurrent runs overlap on the GPU)."""
+    import torch
+
+    from .train import train
+
+    t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        with torch.cuda.stream(torch.cuda.Stream()):
+            train(cfg, run_dir, progress=False)
+    else:
+        train(cfg, run_dir, progress=False)
+    return time.perf_counter() - t0
+
+
+def run_experiment(
+    experiment: Experiment,
+    runs_dir: str | Path,
+    *,
+    jobs: int = 1,
+    mode: str = "auto",
+    on_result: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """Train every unfinished run of ``experiment`` under ``runs_dir``.
+
+    ``jobs`` runs train at once. ``mode="threads"`` (the default on a GPU) keeps them in one
+    process, each on its own CUDA stream, so the kernels of small runs overlap on one GPU
+    (separate processes would only time-slice it); ``mode="processes"`` (the default on a CPU)
+    uses worker processes. A failing run (a diverged loss, say) is reported in its outcome
+    and does not stop the others; every finished run stays on disk.
+    """
+    todo: list[tuple[RunConfig, Path]] = []
+    outcomes: list[RunOutcome] = []
+    for cfg in experiment.configs():
+        run_dir = experiment.run_dir(runs_dir, cfg)
+        if check_run_dir(run_dir, cfg):
+            outcomes.append(RunOutcome(run_dir, "skipped"))
+        else:
+            todo.append((cfg, run_dir))
+    for o in outcomes:
+        if on_result:
+            on_result(o)
+
+    def finish(outcome: RunOutcome) -> None:
+        outcomes.append(outcome)
+        if on_result:
+            on_result(outcome)
+
+    if jobs <= 1 or len(todo) <= 1:
+        for cfg, run_dir in todo:
+            try:
+                finish(RunOutcome(run_dir, "done", _train_one(cfg.to_dict(), str(run_dir))))
+            except Exception as e:  # noqa: BLE001 - reported per run, the others go on
+                finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
+        return outcomes
+    if mode == "auto":
+        import torch
+
+        mode = "threads" if torch.cuda.is_available() else "processes"
+    if mode == "threads":
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_train_on_own_stream, cfg, run_dir): run_dir for cfg, run_dir in todo}
+            for fut in as_completed(futures):
+                try:
+                    finish(RunOutcome(futures[fut], "done", fut.result()))
+                except Exception as e:  # noqa: BLE001
+                    finish(RunOutcome(futures[fut], "failed", error=f"{type(e).__name__}: {e}"))
+        return outcomes
+    if mode != "processes":
+        raise ValueError(f"mode must be auto, threads or processes, got {mode!r}")
+    import multiprocessing as mp
+
+    threads = max(1, _cpus() // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, cfg.to_dict(), str(run_dir), threads): run_dir for cfg, run_dir in todo}
+        for fut in as_completed(futures):
+            run_dir = futures[fut]
+            try:
+                finish(RunOutcome(run_dir, "done", fut.result()))
+            except Exception as e:  # noqa: BLE001
+                finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
+    return outcomes
