@@ -1,8 +1,8 @@
 """Seed 004's whole study (6 activations x {SGD, Adam} x 5 seeds x 30 epochs = 60 runs) on one GPU.
 
 The runs are small and launch-bound, so one run leaves most of the GPU idle. The runner
-trains ``--jobs`` runs at once in threads of one process, each on its own CUDA stream with
-its own CUDA graphs, so their kernels overlap on the GPU. The benchmark reports the wall
+trains ``--jobs`` runs at once in worker processes, each replaying its own CUDA graphs; the
+GPU time-slices between them. The benchmark reports the wall
 time of the whole grid, then trains one of its runs again *alone* and checks that it gives
 the same curve (same seed -> same result, within float tolerance). It can also run any other
 experiment file (``--config``), e.g. seed 001's, and packs the run folders (without
@@ -57,6 +57,10 @@ def main() -> None:
         outcomes = run_experiment(exp, args.runs_dir, jobs=args.jobs)
         wall = time.perf_counter() - t0
         failed = [o for o in outcomes if o.status == "failed"]
+        for o in failed[:3]:
+            print(f"FAILED {o.run_dir}: {o.error}", flush=True)
+        if len(failed) == len(outcomes):
+            raise SystemExit(f"every run of {exp.name} failed")
         # Same seed, alone: the first run of the grid again, by itself.
         cfg = exp.configs()[0]
         alone = train(cfg, progress=False).epochs

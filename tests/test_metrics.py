@@ -68,7 +68,9 @@ def test_grad_stats_property_matches_numpy(values: np.ndarray) -> None:
     param = nn.Parameter(torch.zeros(len(values)))
     param.grad = torch.from_numpy(values)
     _, stats = grad_stats([("p", param)])
-    np.testing.assert_allclose(stats[0].numpy(), _numpy_grad_stats(values), rtol=1e-4, atol=1e-4)
+    # float32 statistics are exact only up to the values' magnitude (std of 15 x 683.47 is ~1e-4, not 0)
+    scale = max(1.0, float(np.abs(values).max()))
+    np.testing.assert_allclose(stats[0].numpy(), _numpy_grad_stats(values), rtol=1e-4, atol=1e-6 * scale * 100)
 
 
 # ---------------------------------------------------------------- dead units and hooks

@@ -169,18 +169,22 @@ class GraphStepper:
     def _graph(self, trainable: frozenset[str], steps: int, tail: bool) -> torch.cuda.CUDAGraph:
         key = (trainable, steps, tail)
         if key not in self.graphs:
-            saved = self._snapshot()
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                self._one_step(tail)  # creates optimizer state and workspaces
-            torch.cuda.current_stream().wait_stream(self.stream)
-            self._restore(saved)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                for _ in range(steps):
-                    self._one_step(tail)
-            self.graphs[key] = graph
+            self.graphs[key] = self._capture(steps, tail)
         return self.graphs[key]
+
+    def _capture(self, steps: int, tail: bool) -> torch.cuda.CUDAGraph:
+        """Warm up with one real step, undo it bit for bit, then record ``steps`` steps."""
+        saved = self._snapshot()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self._one_step(tail)  # creates optimizer state and library workspaces
+        torch.cuda.current_stream().wait_stream(self.stream)
+        self._restore(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            for _ in range(steps):
+                self._one_step(tail)
+        return graph
 
     def _snapshot(self) -> dict:
         run = self.run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,35 +83,17 @@ def _train_one(config: dict[str, Any], run_dir: str, threads: int | None = None)
     return time.perf_counter() - t0
 
 
-def _train_on_own_stream(cfg: RunConfig, run_dir: Path) -> float:
-    """Thread worker: one run on its own CUDA stream (so concurrent runs overlap on the GPU)."""
-    import torch
-
-    from .train import train
-
-    t0 = time.perf_counter()
-    if torch.cuda.is_available():
-        with torch.cuda.stream(torch.cuda.Stream()):
-            train(cfg, run_dir, progress=False)
-    else:
-        train(cfg, run_dir, progress=False)
-    return time.perf_counter() - t0
-
-
 def run_experiment(
     experiment: Experiment,
     runs_dir: str | Path,
     *,
     jobs: int = 1,
-    mode: str = "auto",
     on_result: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Train every unfinished run of ``experiment`` under ``runs_dir``.
 
-    ``jobs`` runs train at once. ``mode="threads"`` (the default on a GPU) keeps them in one
-    process, each on its own CUDA stream, so the kernels of small runs overlap on one GPU
-    (separate processes would only time-slice it); ``mode="processes"`` (the default on a CPU)
-    uses worker processes. A failing run (a diverged loss, say) is reported in its outcome
+    ``jobs`` runs train at once in worker processes; small GPU runs share one GPU that way
+    (benchmarks/results/sweep_gpu.md). A failing run (a diverged loss, say) is reported in its outcome
     and does not stop the others; every finished run stays on disk.
     """
     todo: list[tuple[RunConfig, Path]] = []
@@ -138,21 +120,6 @@ def run_experiment(
             except Exception as e:  # noqa: BLE001 - reported per run, the others go on
                 finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
         return outcomes
-    if mode == "auto":
-        import torch
-
-        mode = "threads" if torch.cuda.is_available() else "processes"
-    if mode == "threads":
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_train_on_own_stream, cfg, run_dir): run_dir for cfg, run_dir in todo}
-            for fut in as_completed(futures):
-                try:
-                    finish(RunOutcome(futures[fut], "done", fut.result()))
-                except Exception as e:  # noqa: BLE001
-                    finish(RunOutcome(futures[fut], "failed", error=f"{type(e).__name__}: {e}"))
-        return outcomes
-    if mode != "processes":
-        raise ValueError(f"mode must be auto, threads or processes, got {mode!r}")
     import multiprocessing as mp
 
     threads = max(1, _cpus() // jobs)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,6 @@ __all__ = ["train", "RunResult", "TrainingDiverged", "resolve_device", "build_ru
 
 #: Models that take images as NCHW tensors (everything else gets flattened inputs).
 IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
-
-
-_INIT_LOCK = threading.Lock()
 
 
 class TrainingDiverged(RuntimeError):
@@ -136,7 +132,7 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
             kwargs.setdefault("activation", cfg.activation)
         elif cfg.activation != "relu":
             raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # runs in threads must not share the RNG stream
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, **kwargs)
 
@@ -265,7 +261,7 @@ def train(
             model.train()
             losses, trainable, fractions, step_times = stepper.run_epoch(epoch, perm, bar)
             if device.type == "cuda":
-                torch.cuda.current_stream(device).synchronize()  # this run's stream only: runs may share the GPU
+                torch.cuda.current_stream(device).synchronize()
             train_time = time.perf_counter() - t0
             row = _epoch_row(run, epoch, losses, trainable, fractions, train_time)
             row["epoch_time_s"] = time.perf_counter() - t0
