@@ -255,6 +255,9 @@ def test_cifar_is_converted_to_nchw_and_normalised_per_channel(
     mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
     expected = (torch.from_numpy(fake[False]).permute(0, 3, 1, 2).float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
     torch.testing.assert_close(ds.test.x, expected)
+    seed000 = D.load_dataset("cifar10", root=tmp_path, recipe="train_test", flatten=False)  # 50k/10k, val = test
+    assert [len(seed000.train), len(seed000.val), len(seed000.test)] == [20, 4, 4]
+    torch.testing.assert_close(seed000.val.x, seed000.test.x)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ def test_frozen_half_really_does_not_move_during_training():
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = {**TINY, "epochs": 4, "schedule": {"name": "alternate", "unit": "batch", "every": 3}, "policy": "remove"}
+    cfg = {**TINY, "epochs": 4, "schedule": {"name": "alternate", "unit": "batch", "every": 3}, "policy": "remove",
+           "model_args": {"hidden": [32, 32], "dropout": 0.2}}  # dropout: the RNG stream must resume too
     full = train(cfg, tmp_path / "full", progress=False)
 
     import freezelab.train as train_mod
@@ -111,8 +112,9 @@ def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypat
     with pytest.raises(TrainingDiverged, match="epoch 2.*lower lr.*1 finished epochs are kept"):
         train(TINY, tmp_path, progress=False)
     kept = pd.read_parquet(tmp_path / "epochs.parquet")
-    assert kept["epoch"].tolist()[0] == 1 and math.isfinite(kept["train_loss"][0])
+    assert kept["epoch"].tolist() == [1] and math.isfinite(kept["train_loss"][0])
     assert not runlog.is_finished(tmp_path)
+    assert runlog.load_checkpoint(tmp_path)["epoch"] == 1  # the diverged state is never checkpointed
 
 
 def test_bad_config_is_one_clear_line():
@@ -150,3 +152,17 @@ def test_seed_001_recipe_reaches_95pct_on_mnist():
     result = train({"dataset": "mnist", "recipe": "mnist10k_80_20", "data_root": root, "model": "seed001_mlp",
                     "optimizer": "adam", "lr": 1e-3, "epochs": 8, "batch_size": 128, "seed": 42}, progress=False)
     assert result.summary["best_val_acc"] >= 0.95, result.epochs[["epoch", "val_acc"]]
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train({**TINY, "epochs": 2, "tensorboard": True}, tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "val_acc" in tags and "grad_mean_abs/fc1.weight" in tags
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
+    with pytest.raises(ConfigError, match="needs a run folder"):
+        train({**TINY, "tensorboard": True}, progress=False)

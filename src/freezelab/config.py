@@ -78,6 +78,7 @@ class RunConfig:
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
+    tensorboard: bool = False  # also write the per-epoch log as TensorBoard scalars (run_dir/tensorboard)
     # -- bookkeeping for experiments ---------------------------------------------------------------
     experiment: str = "run"
     variant: str = ""  # the grid cell's label without the seed (e.g. "alternate-epoch")

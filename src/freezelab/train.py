@@ -240,20 +240,21 @@ def train(
     run = build_run(config, data)
     cfg, model, fz, device = run.config, run.model, run.freezer, run.device
     run_dir = Path(run_dir) if run_dir is not None else None
-    spe, total = run.steps_per_epoch, run.steps_per_epoch * cfg.epochs
+    spe = run.steps_per_epoch
     rows: list[dict[str, Any]] = []
     step_rows: list[pd.DataFrame] = []
     start_epoch = 0
+    torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule (a resume restores it)
     if run_dir is not None:
         runlog.write_config(run_dir, _config_record(cfg))
         start_epoch = _resume(run, run_dir, rows, step_rows)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    board = _tensorboard(cfg, run_dir)
     stepper = _make_stepper(run)
     if cfg.grad_stats:
         metrics.warm_up_jvp()
     bar = _Progress(progress if progress is not None else not _quiet(), cfg.epochs, spe, cfg.variant or cfg.experiment)
-    torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -269,22 +270,44 @@ def train(
             if cfg.log_steps:
                 step_rows.append(_step_frame(epoch, spe, losses, trainable, fractions, step_times))
             if not math.isfinite(row["train_loss"]):
-                _save_progress(run, run_dir, rows, step_rows, epoch)
+                # Keep the finished epochs and their checkpoint; the diverged epoch is not saved.
+                rows.pop()
+                if run_dir is not None and rows:
+                    runlog.write_table(run_dir / runlog.EPOCHS, rows)
                 raise TrainingDiverged(
                     f"loss became {row['train_loss']} in epoch {epoch + 1} of run {cfg.variant or cfg.experiment} "
                     f"(seed {cfg.seed}); lower lr (now {cfg.lr}) or pick another optimizer. "
-                    f"The {len(rows) - 1} finished epochs are kept{' in ' + str(run_dir) if run_dir else ''}."
+                    f"The {len(rows)} finished epochs are kept{' in ' + str(run_dir) if run_dir else ''}."
                 )
             _save_progress(run, run_dir, rows, step_rows, epoch)
+            if board is not None:
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        board.add_scalar(key.replace(":", "/"), value, row["epoch"])
             bar.epoch(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {row['val_acc']:.2%}")
     finally:
         bar.close()
+        if board is not None:
+            board.close()
     epochs_df = pd.DataFrame(rows)
     steps_df = pd.concat(step_rows, ignore_index=True) if step_rows else None
-    summary = _summary(run, epochs_df, total)
+    summary = _summary(run, epochs_df)
     if run_dir is not None:
         runlog.write_summary(run_dir, summary)
     return RunResult(cfg, epochs_df, steps_df, summary, run_dir, model)
+
+
+def _tensorboard(cfg: RunConfig, run_dir: Path | None):
+    """A SummaryWriter into ``run_dir/tensorboard`` when the config asks for one."""
+    if not cfg.tensorboard:
+        return None
+    if run_dir is None:
+        raise ConfigError("tensorboard: true needs a run folder; pass run_dir (or --out on the CLI)")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard: true needs the tensorboard package: pip install 'freezelab[tensorboard]'") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _config_record(cfg: RunConfig) -> dict[str, Any]:
@@ -387,7 +410,7 @@ def _resume(run: Run, run_dir: Path, rows: list, step_rows: list) -> int:
     return int(state["epoch"])
 
 
-def _summary(run: Run, epochs: pd.DataFrame, total_steps: int) -> dict[str, Any]:
+def _summary(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
     cfg, model, data = run.config, run.model, run.data
     val_acc = epochs["val_acc"].tolist()
     best = max(val_acc)

@@ -52,6 +52,12 @@ def _mnist10k_80_20(train: Split, _test: Split | None, seed: int) -> tuple[Split
     return pool[torch.from_numpy(tr)], held_out, held_out
 
 
+def _train_test(train: Split, test: Split | None, _seed: int) -> tuple[Split, Split, Split]:
+    """The official split with no held-out validation set: val is the test set (seed 000)."""
+    assert test is not None, "this recipe needs an official test split"
+    return train, test, test
+
+
 def _stratified_60_20_20(pool: Split, _test: Split | None, seed: int) -> tuple[Split, Split, Split]:
     from sklearn.model_selection import train_test_split
 
@@ -111,6 +117,8 @@ def _from_root(loader: Callable[..., tuple[Split, Split]], name: str, tv_class: 
     return lambda root, download: loader(name, tv_class, resolve_data_root(root), download)
 
 
+_TRAIN_TEST = Recipe("seed 000: all 50k training images, val = the official 10k test set", _train_test)
+
 _DATASETS: dict[str, _DatasetInfo] = {
     "digits": _DatasetInfo(
         "scikit-learn 8x8 digits, 1797 images, 10 classes, bundled (no download); stratified 60/20/20",
@@ -135,7 +143,7 @@ _DATASETS: dict[str, _DatasetInfo] = {
         "CIFAR-10, 32x32 RGB, 50k train / 10k test, 10 classes (torchvision layout)",
         10,
         _from_root(read_cifar, "cifar10", "CIFAR10"),
-        {"standard": _STANDARD},
+        {"standard": _STANDARD, "train_test": _TRAIN_TEST},
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
     ),
@@ -143,7 +151,7 @@ _DATASETS: dict[str, _DatasetInfo] = {
         "CIFAR-100, 32x32 RGB, 50k train / 10k test, 100 classes (torchvision layout)",
         100,
         _from_root(read_cifar, "cifar100", "CIFAR100"),
-        {"standard": _STANDARD},
+        {"standard": _STANDARD, "train_test": _TRAIN_TEST},
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
     ),
