@@ -9,8 +9,9 @@ step, and compares the measured step-time saving with the theoretical one:
   input gradients of every module that has a trainable module before it (≈ forward FLOPs);
   a frozen prefix therefore saves both, a frozen suffix only its weight gradients.
 
-Memory: the ``keep`` policy keeps optimizer state for frozen parameters, ``release`` (BAdam)
-frees it; both skip their gradients. Models: a wide MLP at a large batch (compute-bound),
+Memory: everything trains for one step before the freeze, so all parameters have optimizer
+state; then the ``keep`` policy keeps the frozen part's state and ``release`` (BAdam) frees it;
+both skip the frozen part's gradients. Peak memory (GPU) and optimizer-state bytes are reported. Models: a wide MLP at a large batch (compute-bound),
 ResNet-50 and ViT-S/16 at batch 128 and 224x224 (compute-bound), and seed 004's FashionMLP
 at batch 128 (launch-bound: freezing cannot help there, shown on purpose).
 
@@ -33,7 +34,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from freezelab import Freezer, groups
-from freezelab.schedules import Clock, Freeze, Standard
+from freezelab.optim import optimizer_state_bytes
+from freezelab.schedules import Chain, Clock, Freeze, Standard
 
 
 def models(quick: bool, device: str):
@@ -89,15 +91,22 @@ def theoretical_cost(flops: dict[str, int], order: list[str], trainable_modules:
 
 
 def measure(model, gs, frozen, shape, classes, device, policy, steps, warmup):
+    """Median step time, peak memory and optimizer-state bytes with ``frozen`` groups frozen.
+
+    Everything trains for one step first, so every parameter has optimizer state when the
+    freeze starts (as in a real schedule): ``keep`` then holds on to the frozen part's state,
+    ``release`` frees it.
+    """
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device)
     y = torch.randint(0, classes, (shape[0],), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    sched = Freeze(tuple(frozen)) if frozen else Standard()
+    sched = Chain(((Standard(), 1, "batch"), (Freeze(tuple(frozen)), None, "batch")))
     fz = Freezer(model, gs, sched, opt, policy=policy)
-    fz.step(Clock.at(0, 1, 1))
+    clock = iter(range(10**9))
 
     def step():
+        fz.step(Clock.at(next(clock), 1, 10**9))
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         fz.optimizer.step()
@@ -123,11 +132,12 @@ def measure(model, gs, frozen, shape, classes, device, policy, steps, warmup):
             step()
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if cuda else None
+    state = optimizer_state_bytes(fz.optimizer)
     # Restore a clean, fully trainable model for the next measurement.
     for p in model.parameters():
         p.requires_grad_(True)
         p.grad = None
-    return statistics.median(times), peak
+    return statistics.median(times), peak, state
 
 
 def main() -> None:
@@ -150,12 +160,12 @@ def main() -> None:
         gs = groups.depth(model, 2, example_input=example)
         module_of = {p: p.rsplit(".", 1)[0] for g in gs for p in g.param_names}
         full_cost = theoretical_cost(flops, order, set(order))
-        base_t, base_mem = measure(model, gs, (), shape, classes, device, "keep", args.steps, 5)
+        base_t, base_mem, base_state = measure(model, gs, (), shape, classes, device, "keep", args.steps, 5)
         for frozen in (("first",), ("second",)):
             trainable_modules = {module_of[p] for g in gs if g.name not in frozen for p in g.param_names}
             theory = 1 - theoretical_cost(flops, order, trainable_modules) / full_cost
-            t_keep, mem_keep = measure(model, gs, frozen, shape, classes, device, "keep", args.steps, 5)
-            _, mem_release = measure(model, gs, frozen, shape, classes, device, "release", max(3, args.steps // 4), 3)
+            t_keep, mem_keep, state_keep = measure(model, gs, frozen, shape, classes, device, "keep", args.steps, 5)
+            _, mem_release, state_release = measure(model, gs, frozen, shape, classes, device, "release", max(3, args.steps // 4), 3)
             measured = 1 - t_keep / base_t
             rows.append({
                 "model": name, "frozen": "+".join(frozen),
@@ -167,6 +177,9 @@ def main() -> None:
                 "peak_mib_full": base_mem / 2**20 if base_mem else None,
                 "peak_mib_keep": mem_keep / 2**20 if mem_keep else None,
                 "peak_mib_release": mem_release / 2**20 if mem_release else None,
+                "opt_state_mib_full": base_state / 2**20,
+                "opt_state_mib_keep": state_keep / 2**20,
+                "opt_state_mib_release": state_release / 2**20,
             })
             print(rows[-1], flush=True)
         model.to("cpu")
@@ -188,12 +201,13 @@ def main() -> None:
     lines = [f"# Freezing savings: measured vs theoretical ({dev_name}, torch {torch.__version__}, {record['date']})", "",
              f"Command: `{record['command']}`. Optimizer AdamW; step = forward + backward + optimizer step; "
              "median of CUDA-event timings after warm-up; TF32 matmuls.", "",
-             "| model | frozen | frozen params | step ms (full) | step ms (frozen) | theoretical saving | measured saving | measured/theory | peak MiB full | keep | release |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | frozen | frozen params | step ms (full) | step ms (frozen) | theoretical saving | measured saving | measured/theory | peak MiB full | keep | release | opt. state MiB full | keep | release |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['frozen']} | {r['frozen_param_share']:.0%} | {r['step_ms_full']:.2f} | {r['step_ms_frozen']:.2f} | "
                      f"{r['theoretical_saving']:.1%} | {r['measured_saving']:.1%} | {f(r['measured_over_theory'], '.2f')} | "
-                     f"{f(r['peak_mib_full'], '.0f')} | {f(r['peak_mib_keep'], '.0f')} | {f(r['peak_mib_release'], '.0f')} |")
+                     f"{f(r['peak_mib_full'], '.0f')} | {f(r['peak_mib_keep'], '.0f')} | {f(r['peak_mib_release'], '.0f')} | "
+                     f"{r['opt_state_mib_full']:.1f} | {r['opt_state_mib_keep']:.1f} | {r['opt_state_mib_release']:.1f} |")
     (out / f"freezing_savings_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
