@@ -166,3 +166,14 @@ def test_tensorboard_scalars_are_written(tmp_path):
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
     with pytest.raises(ConfigError, match="needs a run folder"):
         train({**TINY, "tensorboard": True}, progress=False)
+
+
+def test_random_schedules_draw_from_the_run_seed_unless_given_one():
+    lisa = {"name": "random_layers", "k": 1, "every": 2}
+    a = RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 0}).schedule_obj()
+    b = RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 1}).schedule_obj()
+    assert (a.seed, b.seed) == (0, 1)
+    pinned = RunConfig.from_dict({**TINY, "schedule": {**lisa, "seed": 7}, "seed": 1}).schedule_obj()
+    assert pinned.seed == 7
+    nested = {"name": "warmup", "groups": ["first"], "steps": 3, "then": {"name": "block_cycle", "order": "random"}}
+    assert RunConfig.from_dict({**TINY, "schedule": nested, "seed": 5}).schedule_obj().then.seed == 5

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .schedules import Schedule, ScheduleError, schedule_from_dict
+from .schedules import SCHEDULES, Schedule, ScheduleError, schedule_from_dict
 
 __all__ = ["RunConfig", "ConfigError", "load_yaml"]
 
@@ -103,8 +103,9 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     def schedule_obj(self) -> Schedule:
+        """The schedule; random ones (block_cycle, random_layers) without their own seed use the run's."""
         try:
-            return schedule_from_dict(self.schedule)
+            return schedule_from_dict(_with_run_seed(self.schedule, self.seed))
         except ScheduleError as e:
             raise ConfigError(f"schedule: {e}") from None
 
@@ -152,6 +153,23 @@ class RunConfig:
         from .data import list_datasets
 
         need(self.dataset in list_datasets(), f"dataset {self.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+
+
+def _with_run_seed(spec: Any, seed: int) -> Any:
+    """Give every schedule spec that takes a ``seed`` and names none the run's seed.
+
+    Otherwise all seeds of an experiment would draw the same "random" layers, and the spread
+    over seeds would miss the schedule's own randomness.
+    """
+    if isinstance(spec, list):
+        return [_with_run_seed(v, seed) for v in spec]
+    if not isinstance(spec, dict):
+        return spec
+    out = {k: _with_run_seed(v, seed) for k, v in spec.items()}
+    cls = SCHEDULES.get(spec.get("name"))  # type: ignore[arg-type]
+    if cls is not None and "seed" not in spec and any(f.name == "seed" for f in dataclasses.fields(cls)):
+        out["seed"] = seed
+    return out
 
 
 def _closest(word: str, options: set[str]) -> str | None:

@@ -11,7 +11,8 @@ input at all. One set of graphs is captured per trainable set: a schedule that a
 replays the graphs of the set in force and never a stale one.
 
 Both take the epoch's permutation as one device tensor and keep per-step values on the
-device, so an epoch costs one host synchronisation.
+device: no host synchronisation per step, a few per epoch (the permutation and LR table in,
+the statistics out).
 """
 
 from __future__ import annotations
@@ -194,12 +195,14 @@ class GraphStepper:
             "tensors": [(t, t.detach().clone()) for t in [*run.model.parameters(), *run.model.buffers(),
                                                           self.pos, self.losses, self.lr_now]],
             "state": {id(p): {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in opt.state.items()},
+            "rng": torch.cuda.get_rng_state(self.run.device),  # the warm-up step's dropout draws are undone too
         }
 
     @torch.no_grad()
     def _restore(self, saved: dict) -> None:
         for t, value in saved["tensors"]:
             t.copy_(value)
+        torch.cuda.set_rng_state(saved["rng"], self.run.device)
         for p, st in self.run.freezer.optimizer.state.items():
             before = saved["state"].get(id(p))
             for k, v in st.items():

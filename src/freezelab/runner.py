@@ -37,7 +37,7 @@ class RunOutcome:
 
 
 #: Fields that say where or how a run executes, not what it computes: changing them is no new run.
-_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "fast"}
+_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "fast", "tensorboard"}
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
@@ -45,6 +45,7 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
     saved = runlog.read_config(run_dir)
     if saved is None:
         return False
+    saved = {**RunConfig().to_dict(), **saved}  # an option added since the folder was written had its default
     wanted = cfg.to_dict()
     # {name: alternate, unit: epoch} and the same with its defaults spelled out are one schedule.
     saved["schedule"], wanted["schedule"] = _canonical(saved.get("schedule")), _canonical(wanted["schedule"])
@@ -93,7 +94,7 @@ def run_experiment(
     """Train every unfinished run of ``experiment`` under ``runs_dir``.
 
     ``jobs`` runs train at once in worker processes; small GPU runs share one GPU that way
-    (benchmarks/results/sweep_gpu.md). A failing run (a diverged loss, say) is reported in its outcome
+    (benchmarks/results/sweep_seed004_gpu.md). A failing run (a diverged loss, say) is reported in its outcome
     and does not stop the others; every finished run stays on disk.
     """
     todo: list[tuple[RunConfig, Path]] = []

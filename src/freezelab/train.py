@@ -4,7 +4,7 @@ The loop is built for speed on small models, where the Python and launch overhea
 
 * the dataset lives on the training device and batches are index slices of it;
 * losses, accuracies and statistics stay on the device during an epoch and are copied to the
-  host once per epoch (one synchronisation), never per step or per parameter;
+  host at the end of each epoch, never per step or per parameter;
 * the schedule is pure, so the trainable set of every step is known in advance; on a GPU the
   whole step is replayed from a CUDA graph captured once per trainable set
   (:mod:`freezelab.fast`), so alternation never replays a stale graph.
@@ -138,7 +138,7 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation and per-epoch statistics (all on the device; the caller syncs once)
+# Evaluation and per-epoch statistics (all on the device; the caller copies them out together)
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, ...]:
