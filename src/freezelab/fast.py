@@ -125,7 +125,9 @@ class GraphStepper:
     fits (``chunk``, ``chunk/2``, ..., 1 steps) plus, at the end of an epoch, a graph for the
     smaller last batch. Capturing first runs one real step on a side stream (to create the
     optimizer state and library workspaces) and then restores parameters, buffers and optimizer
-    state bit for bit, so capturing never changes the training trajectory.
+    state bit for bit, so capturing never changes the training trajectory. Dropout is the
+    exception: replays draw their masks inside the graph and the warm-up step draws one set
+    more, so a dropout model's masks (not their distribution) differ from the eager path's.
     """
 
     name = "graph"
@@ -195,14 +197,12 @@ class GraphStepper:
             "tensors": [(t, t.detach().clone()) for t in [*run.model.parameters(), *run.model.buffers(),
                                                           self.pos, self.losses, self.lr_now]],
             "state": {id(p): {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in opt.state.items()},
-            "rng": torch.cuda.get_rng_state(self.run.device),  # the warm-up step's dropout draws are undone too
         }
 
     @torch.no_grad()
     def _restore(self, saved: dict) -> None:
         for t, value in saved["tensors"]:
             t.copy_(value)
-        torch.cuda.set_rng_state(saved["rng"], self.run.device)
         for p, st in self.run.freezer.optimizer.state.items():
             before = saved["state"].get(id(p))
             for k, v in st.items():
