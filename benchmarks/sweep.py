@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--runs-dir", default="/tmp/freezelab_sweep")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--no-archive", action="store_true", help="skip the archive of run folders")
     args = ap.parse_args()
     root = os.environ.get("FREEZELAB_DATA")
     out = Path(args.out)
@@ -88,8 +89,9 @@ def main() -> None:
                      f"{r['max_abs_diff_train_loss_alone_vs_sweep']:.2e} | {r['max_abs_diff_val_acc_alone_vs_sweep']:.2e} |")
     (out / f"sweep_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    with tarfile.open(out / f"sweep_runs_{tag}.tar.gz", "w:gz") as tar:
-        tar.add(args.runs_dir, arcname="runs", filter=lambda t: None if t.name.endswith("checkpoint.pt") else t)
+    if not args.no_archive:
+        with tarfile.open(out / f"sweep_runs_{tag}.tar.gz", "w:gz") as tar:
+            tar.add(args.runs_dir, arcname="runs", filter=lambda t: None if t.name.endswith("checkpoint.pt") else t)
 
 
 if __name__ == "__main__":
