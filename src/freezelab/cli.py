@@ -149,7 +149,7 @@ def train(
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go: RUNS_DIR/<experiment>/<variant>/seed<k>."),
-    jobs: int = typer.Option(1, help="Runs trained at once (worker processes); small models share one GPU well."),
+    jobs: int = typer.Option(1, help="Runs trained at once in worker processes; small runs can share one GPU (it time-slices between them)."),
     seeds: Optional[int] = typer.Option(None, help="Run only the file's first N seeds (quick checks)."),
     epochs: Optional[int] = typer.Option(None, help="Override epochs for every run (quick checks)."),
     set_: list[str] = typer.Option([], "--set", help="Override any run option for every run, key=value; on a grid key it keeps only that value."),
