@@ -53,6 +53,7 @@ class RunConfig:
     dataset: str = "digits"  # embedded default: needs no download
     recipe: str | None = None  # split recipe (None: the dataset's standard split)
     data_root: str | None = None  # None: $FREEZELAB_DATA, else the user cache dir
+    download: bool = False  # fetch a missing dataset through torchvision (needs a network)
     subset: int | None = None  # keep the first N training examples (quick checks, CI)
     # -- the model and its groups ------------------------------------------------------------
     model: str = "mlp"

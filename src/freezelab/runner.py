@@ -37,7 +37,7 @@ class RunOutcome:
 
 
 #: Fields that say where or how a run executes, not what it computes: changing them is no new run.
-_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "fast", "tensorboard"}
+_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "fast", "tensorboard"}
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:

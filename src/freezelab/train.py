@@ -105,6 +105,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | None = N
             seed=cfg.seed,
             flatten=cfg.model not in IMAGE_MODELS,
             subset=cfg.subset,
+            download=cfg.download,
             device=device,
         )
     model = _build_model(cfg, data).to(device)

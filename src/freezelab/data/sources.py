@@ -88,7 +88,7 @@ def _not_found(
     return DatasetNotFoundError(
         f"dataset {name!r} not found: looked in {folder} for {', '.join(expected)}{partial}. "
         f"Fix: set FREEZELAB_DATA (or pass --data-root / root=...) to a folder that holds "
-        f"{folder.relative_to(root)}/, or use download=True to fetch it into {root}"
+        f"{folder.relative_to(root)}/, or download it into {root} (download=True; on the command line --set download=true)"
     )
 
 
