@@ -49,7 +49,7 @@ class EagerStepper:
             step = epoch * spe + i
             if self.timed:
                 marks.append(_mark(cuda))
-            fz.step(Clock(step, epoch, spe, spe * epochs, epochs))
+            fz.step(Clock.at(step, spe, epochs))
             opt = fz.optimizer
             lr = run.lr_at(step)
             for group in opt.param_groups:
@@ -217,9 +217,8 @@ class GraphStepper:
     def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None):
         run = self.run
         fz, spe, epochs = run.freezer, run.steps_per_epoch, run.config.epochs
-        clocks = [Clock(epoch * spe + i, epoch, spe, spe * epochs, epochs) for i in range(spe)]
-        always = set(run.groups.always_trainable)
-        sets = [fz.schedule.trainable(c, run.groups.schedulable) | always for c in clocks]
+        clocks = [Clock.at(epoch * spe + i, spe, epochs) for i in range(spe)]
+        sets = [fz.wanted(c) for c in clocks]
         self.perm.copy_(perm)
         self.lrs.copy_(torch.tensor([float(run.lr_at(c.step)) for c in clocks], device=run.device))
         self.pos.zero_()

@@ -138,9 +138,13 @@ class Freezer:
         ]
 
     # -- the per-step entry point ----------------------------------------------------
+    def wanted(self, clock: Clock) -> frozenset[str]:
+        """The groups that should train at ``clock``: the schedule's answer plus always-trainable ones."""
+        return self.schedule.trainable(clock, self.groups.schedulable) | set(self.groups.always_trainable)
+
     def step(self, clock: Clock) -> bool:
         """Apply the schedule's answer for ``clock``; ``True`` if the trainable set changed."""
-        names = self.schedule.trainable(clock, self.groups.schedulable) | set(self.groups.always_trainable)
+        names = self.wanted(clock)
         changed = names != self.trainable
         if changed:
             self.apply(names)

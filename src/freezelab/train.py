@@ -38,6 +38,7 @@ from . import groups as groups_mod
 from . import metrics, runlog
 from .config import ConfigError, RunConfig
 from .data import DatasetSplits, IndexBatches, load_dataset
+from .fast import make_stepper
 from .freezer import Freezer
 from .models import build_model, model_options
 from .optim import build_optimizer, lr_schedule, optimizer_state_bytes
@@ -252,7 +253,7 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     board = _tensorboard(cfg, run_dir)
-    stepper = _make_stepper(run)
+    stepper = make_stepper(run)
     if cfg.grad_stats:
         metrics.warm_up_jvp()
     bar = _Progress(progress if progress is not None else not _quiet(), cfg.epochs, spe, cfg.variant or cfg.experiment)
@@ -315,12 +316,6 @@ def _config_record(cfg: RunConfig) -> dict[str, Any]:
     record = cfg.to_dict()
     record["schedule_description"] = cfg.schedule_obj().describe()
     return record
-
-
-def _make_stepper(run: Run):
-    from .fast import make_stepper
-
-    return make_stepper(run)
 
 
 def _epoch_row(run: Run, epoch: int, losses: torch.Tensor, trainable: list[frozenset[str]], fractions: list[float], train_time: float) -> dict[str, Any]:
