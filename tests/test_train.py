@@ -16,7 +16,7 @@ TINY = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_a
 
 
 def test_run_folder_has_everything_the_notebooks_log(tmp_path):
-    result = train({**TINY, "schedule": {"name": "alternate", "unit": "epoch"}}, tmp_path, progress=False)
+    train({**TINY, "schedule": {"name": "alternate", "unit": "epoch"}}, tmp_path, progress=False)
     for name in ("config.yaml", "epochs.parquet", "steps.parquet", "summary.json", "checkpoint.pt"):
         assert (tmp_path / name).exists(), name
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")

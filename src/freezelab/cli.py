@@ -149,7 +149,8 @@ def train(
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go: RUNS_DIR/<experiment>/<variant>/seed<k>."),
-    jobs: int = typer.Option(1, help="Runs trained at once in worker processes; small runs can share one GPU (it time-slices between them)."),
+    jobs: int = typer.Option(1, help="Runs trained at once in worker processes (CPU cores; on a GPU only for runs that cannot share it in lockstep)."),
+    lockstep: int = typer.Option(32, help="On a GPU, up to N runs train together on parallel CUDA streams, each with the result it gets alone; 1 turns this off."),
     seeds: Optional[int] = typer.Option(None, help="Run only the file's first N seeds (quick checks)."),
     epochs: Optional[int] = typer.Option(None, help="Override epochs for every run (quick checks)."),
     set_: list[str] = typer.Option([], "--set", help="Override any run option for every run, key=value; on a grid key it keeps only that value."),
@@ -167,10 +168,10 @@ def run(
         exp = load_experiment(config, overrides)
     except _errors() as e:
         _fail(str(e))
-    _run_and_report(exp, runs_dir, jobs, report)
+    _run_and_report(exp, runs_dir, jobs, report, lockstep)
 
 
-def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool) -> None:
+def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int = 32) -> None:
     from .runner import run_experiment
 
     n = len(exp.configs())
@@ -184,7 +185,7 @@ def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool) -> None:
         typer.echo(f"[{done[0]}/{n}] {o.status:7s} {o.run_dir}  {what}")
 
     try:
-        outcomes = run_experiment(exp, runs_dir, jobs=jobs, on_result=show)
+        outcomes = run_experiment(exp, runs_dir, jobs=jobs, lockstep=lockstep, on_result=show)
     except _errors() as e:
         _fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]

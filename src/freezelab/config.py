@@ -76,6 +76,7 @@ class RunConfig:
     # -- execution and logging -----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
+    compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
@@ -133,6 +134,7 @@ class RunConfig:
         need(self.policy in POLICIES, f"policy {self.policy!r} is unknown; choose from {list(POLICIES)}")
         need(self.bn_stats in BN_STATS, f"bn_stats {self.bn_stats!r} is unknown; choose from {list(BN_STATS)}")
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
+        need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
         need(self.subset is None or (integer(self.subset) and self.subset >= 1), f"subset must be >= 1 or null, got {self.subset!r}")
         need(
             isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device) is not None,

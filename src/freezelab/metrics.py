@@ -131,7 +131,7 @@ def expected_calibration_error(
     correct = (predictions == targets).float()
     edges = torch.linspace(0, 1, n_bins + 1, device=logits.device)
     bins = torch.bucketize(confidences, edges[1:-1], right=True)
-    count = torch.bincount(bins, minlength=n_bins)
+    count = torch.zeros(n_bins, dtype=torch.long, device=logits.device).index_add_(0, bins, torch.ones_like(bins))
     conf_sum = torch.zeros(n_bins, device=logits.device).index_add_(0, bins, confidences)
     acc_sum = torch.zeros(n_bins, device=logits.device).index_add_(0, bins, correct)
     ece = (acc_sum - conf_sum).abs().sum() / confidences.numel()

@@ -125,6 +125,15 @@ def example_input(
     return torch.randn(batch, *input_shape, device=first.device, dtype=first.dtype)
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` draws random dropout masks (fast paths that reorder RNG draws must know).
+
+    >>> has_dropout(build_model("seed000_mlp")), has_dropout(build_model("fashion_mlp"))
+    (True, False)
+    """
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 class MLP(nn.Sequential):
     """Flatten, then ``fc -> norm -> act -> dropout`` per hidden layer, then a linear head.
 

@@ -37,7 +37,7 @@ class RunOutcome:
 
 
 #: Fields that say where or how a run executes, not what it computes: changing them is no new run.
-_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "fast", "tensorboard"}
+_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "fast", "compile", "tensorboard"}
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
@@ -84,17 +84,56 @@ def _train_one(config: dict[str, Any], run_dir: str, threads: int | None = None)
     return time.perf_counter() - t0
 
 
+def _lockstep_chunk_key(cfg: RunConfig) -> tuple | None:
+    """Runs that may share a GPU in lockstep (checked exactly once built), or ``None``."""
+    from .fast import GRAPH_POLICIES
+    from .train import resolve_device
+
+    if cfg.fast == "off" or cfg.policy not in GRAPH_POLICIES or resolve_device(cfg.device).type != "cuda":
+        return None
+    return (cfg.dataset, cfg.recipe, cfg.subset, cfg.data_root, cfg.batch_size, cfg.epochs)
+
+
+def _train_in_lockstep(todo: list[tuple[RunConfig, Path]], size: int, finish: Callable[[RunOutcome], None]) -> list:
+    """Train the runs that may share the GPU, ``size`` at a time; return the others."""
+    from .lockstep import train_together
+
+    chunks: dict[tuple, list[tuple[RunConfig, Path]]] = {}
+    rest = []
+    for cfg, run_dir in todo:
+        key = _lockstep_chunk_key(cfg)
+        if key is None:
+            rest.append((cfg, run_dir))
+        else:
+            chunks.setdefault(key, []).append((cfg, run_dir))
+    for jobs in chunks.values():
+        for start in range(0, len(jobs), size):
+            part = jobs[start : start + size]
+
+            def report(i: int, outcome, seconds: float, part=part) -> None:
+                if isinstance(outcome, BaseException):
+                    finish(RunOutcome(part[i][1], "failed", seconds, f"{type(outcome).__name__}: {outcome}"))
+                else:
+                    finish(RunOutcome(part[i][1], "done", seconds))
+
+            train_together(part, on_result=report)
+    return rest
+
+
 def run_experiment(
     experiment: Experiment,
     runs_dir: str | Path,
     *,
     jobs: int = 1,
+    lockstep: int = 32,
     on_result: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Train every unfinished run of ``experiment`` under ``runs_dir``.
 
-    ``jobs`` runs train at once in worker processes; small GPU runs share one GPU that way
-    (benchmarks/results/sweep_seed004_gpu.md). A failing run (a diverged loss, say) is reported in its outcome
+    On a GPU, up to ``lockstep`` runs that can share CUDA graphs train together in this process,
+    each on its own stream, with the results each would get alone (:mod:`freezelab.lockstep`).
+    The other runs train ``jobs`` at a time in worker processes (on a CPU, each worker gets
+    its share of the cores). A failing run (a diverged loss, say) is reported in its outcome
     and does not stop the others; every finished run stays on disk.
     """
     todo: list[tuple[RunConfig, Path]] = []
@@ -114,6 +153,8 @@ def run_experiment(
         if on_result:
             on_result(outcome)
 
+    if lockstep > 1:
+        todo = _train_in_lockstep(todo, lockstep, finish)
     if jobs <= 1 or len(todo) <= 1:
         for cfg, run_dir in todo:
             try:

@@ -38,13 +38,12 @@ from . import groups as groups_mod
 from . import metrics, runlog
 from .config import ConfigError, RunConfig
 from .data import DatasetSplits, IndexBatches, load_dataset
-from .fast import make_stepper
+from .fast import graphed, lockstep_key, make_stepper
 from .freezer import Freezer
 from .models import build_model, model_options
 from .optim import build_optimizer, lr_schedule, optimizer_state_bytes
-from .schedules import Clock
 
-__all__ = ["train", "RunResult", "TrainingDiverged", "resolve_device", "build_run", "Run"]
+__all__ = ["train", "Training", "RunResult", "TrainingDiverged", "resolve_device", "build_run", "Run"]
 
 #: Models that take images as NCHW tensors (everything else gets flattened inputs).
 IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
@@ -99,16 +98,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | None = N
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     device = resolve_device(cfg.device)
     if data is None:
-        data = load_dataset(
-            cfg.dataset,
-            root=cfg.data_root,
-            recipe=cfg.recipe,
-            seed=cfg.seed,
-            flatten=cfg.model not in IMAGE_MODELS,
-            subset=cfg.subset,
-            download=cfg.download,
-            device=device,
-        )
+        data = load_dataset(**data_request(cfg))
     model = _build_model(cfg, data).to(device)
     example = data.train.x[:2]
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
@@ -120,6 +110,13 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | None = N
     batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=batches.steps_per_epoch)
     return Run(cfg, device, data, model, gs, freezer, batches, lr_at)
+
+
+def data_request(cfg: RunConfig) -> dict[str, Any]:
+    """The :func:`~freezelab.data.load_dataset` arguments of a run: runs with equal ones can share the data."""
+    return {"name": cfg.dataset, "root": cfg.data_root, "recipe": cfg.recipe, "seed": cfg.seed,
+            "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download,
+            "device": resolve_device(cfg.device)}
 
 
 def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
@@ -228,6 +225,85 @@ class _Progress:
             self.bar.stop()
 
 
+class Training:
+    """One run being trained: built, resumed from its folder, then advanced an epoch at a time.
+
+    :func:`train` drives one ``Training`` with its own stepper; :func:`freezelab.lockstep.train_together`
+    drives several through one shared stepper. Either way each finished epoch is evaluated,
+    logged and checkpointed here, so a run's folder does not depend on who drove it.
+    """
+
+    def __init__(self, config: RunConfig | dict[str, Any], run_dir: str | Path | None = None, *,
+                 data: DatasetSplits | None = None, progress: bool | None = None) -> None:
+        self.run = run = build_run(config, data)
+        cfg = run.config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.rows: list[dict[str, Any]] = []
+        self.step_rows: list[pd.DataFrame] = []
+        self.start_epoch = 0
+        torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule (a resume restores it)
+        if self.run_dir is not None:
+            runlog.write_config(self.run_dir, _config_record(cfg))
+            self.start_epoch = _resume(run, self.run_dir, self.rows, self.step_rows)
+        if run.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(run.device)
+        self.board = _tensorboard(cfg, self.run_dir)
+        if cfg.grad_stats:
+            metrics.warm_up_jvp()
+        self.measure = graphed(lambda: measure_epoch(run), run.device) if lockstep_key(run) else lambda: measure_epoch(run)
+        show = progress if progress is not None else not _quiet()
+        self.bar = _Progress(show, cfg.epochs, run.steps_per_epoch, cfg.variant or cfg.experiment)
+
+    def begin_epoch(self, epoch: int) -> torch.Tensor:
+        """Put the model in training mode; the epoch's batch order."""
+        self.run.model.train()
+        return self.run.batches.epoch(epoch)
+
+    def end_epoch(self, epoch: int, stepped: tuple, train_time: float) -> None:
+        """Evaluate, log and checkpoint a finished epoch; raise :class:`TrainingDiverged` on a NaN loss.
+
+        ``stepped`` is a stepper's ``run_epoch`` result and ``train_time`` the seconds its steps
+        took (synchronised). The epoch's time adds this run's own evaluation to it.
+        """
+        run, cfg = self.run, self.run.config
+        losses, trainable, fractions, step_times = stepped
+        t0 = time.perf_counter()
+        row = _epoch_row(run, epoch, losses, trainable, fractions, train_time, self.measure())
+        row["epoch_time_s"] = train_time + time.perf_counter() - t0
+        if not math.isfinite(row["train_loss"]):
+            # Keep the finished epochs and their checkpoint; the diverged epoch is not saved.
+            if self.run_dir is not None and self.rows:
+                runlog.write_table(self.run_dir / runlog.EPOCHS, self.rows)
+            raise TrainingDiverged(
+                f"loss became {row['train_loss']} in epoch {epoch + 1} of run {cfg.variant or cfg.experiment} "
+                f"(seed {cfg.seed}); lower lr (now {cfg.lr}) or pick another optimizer. "
+                f"The {len(self.rows)} finished epochs are kept{' in ' + str(self.run_dir) if self.run_dir else ''}."
+            )
+        self.rows.append(row)
+        if cfg.log_steps:
+            self.step_rows.append(_step_frame(epoch, run.steps_per_epoch, losses, trainable, fractions, step_times))
+        _save_progress(run, self.run_dir, self.rows, self.step_rows, epoch)
+        if self.board is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.board.add_scalar(key.replace(":", "/"), value, row["epoch"])
+        self.bar.epoch(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {row['val_acc']:.2%}")
+
+    def finish(self) -> RunResult:
+        """The summary (written to the run folder) and the whole result."""
+        epochs_df = pd.DataFrame(self.rows)
+        steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
+        summary = _summary(self.run, epochs_df)
+        if self.run_dir is not None:
+            runlog.write_summary(self.run_dir, summary)
+        return RunResult(self.run.config, epochs_df, steps_df, summary, self.run_dir, self.run.model)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+
 def train(
     config: RunConfig | dict[str, Any],
     run_dir: str | Path | None = None,
@@ -239,64 +315,21 @@ def train(
 
     Raises :class:`TrainingDiverged` on a NaN/inf loss after saving the finished epochs.
     """
-    run = build_run(config, data)
-    cfg, model, fz, device = run.config, run.model, run.freezer, run.device
-    run_dir = Path(run_dir) if run_dir is not None else None
-    spe = run.steps_per_epoch
-    rows: list[dict[str, Any]] = []
-    step_rows: list[pd.DataFrame] = []
-    start_epoch = 0
-    torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule (a resume restores it)
-    if run_dir is not None:
-        runlog.write_config(run_dir, _config_record(cfg))
-        start_epoch = _resume(run, run_dir, rows, step_rows)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    board = _tensorboard(cfg, run_dir)
+    training = Training(config, run_dir, data=data, progress=progress)
+    run = training.run
     stepper = make_stepper(run)
-    if cfg.grad_stats:
-        metrics.warm_up_jvp()
-    bar = _Progress(progress if progress is not None else not _quiet(), cfg.epochs, spe, cfg.variant or cfg.experiment)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(training.start_epoch, run.config.epochs):
             t0 = time.perf_counter()
-            perm = run.batches.epoch(epoch)
-            model.train()
-            losses, trainable, fractions, step_times = stepper.run_epoch(epoch, perm, bar)
-            if device.type == "cuda":
-                torch.cuda.current_stream(device).synchronize()
-            train_time = time.perf_counter() - t0
-            row = _epoch_row(run, epoch, losses, trainable, fractions, train_time)
-            row["epoch_time_s"] = time.perf_counter() - t0
-            rows.append(row)
-            if cfg.log_steps:
-                step_rows.append(_step_frame(epoch, spe, losses, trainable, fractions, step_times))
-            if not math.isfinite(row["train_loss"]):
-                # Keep the finished epochs and their checkpoint; the diverged epoch is not saved.
-                rows.pop()
-                if run_dir is not None and rows:
-                    runlog.write_table(run_dir / runlog.EPOCHS, rows)
-                raise TrainingDiverged(
-                    f"loss became {row['train_loss']} in epoch {epoch + 1} of run {cfg.variant or cfg.experiment} "
-                    f"(seed {cfg.seed}); lower lr (now {cfg.lr}) or pick another optimizer. "
-                    f"The {len(rows)} finished epochs are kept{' in ' + str(run_dir) if run_dir else ''}."
-                )
-            _save_progress(run, run_dir, rows, step_rows, epoch)
-            if board is not None:
-                for key, value in row.items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        board.add_scalar(key.replace(":", "/"), value, row["epoch"])
-            bar.epoch(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {row['val_acc']:.2%}")
+            perm = training.begin_epoch(epoch)
+            stepped = stepper.run_epoch(epoch, perm, training.bar)
+            if run.device.type == "cuda":
+                torch.cuda.current_stream(run.device).synchronize()
+            training.end_epoch(epoch, stepped, time.perf_counter() - t0)
     finally:
-        bar.close()
-        if board is not None:
-            board.close()
-    epochs_df = pd.DataFrame(rows)
-    steps_df = pd.concat(step_rows, ignore_index=True) if step_rows else None
-    summary = _summary(run, epochs_df)
-    if run_dir is not None:
-        runlog.write_summary(run_dir, summary)
-    return RunResult(cfg, epochs_df, steps_df, summary, run_dir, model)
+        stepper.close()
+        training.close()
+    return training.finish()
 
 
 def _tensorboard(cfg: RunConfig, run_dir: Path | None):
@@ -318,13 +351,25 @@ def _config_record(cfg: RunConfig) -> dict[str, Any]:
     return record
 
 
-def _epoch_row(run: Run, epoch: int, losses: torch.Tensor, trainable: list[frozenset[str]], fractions: list[float], train_time: float) -> dict[str, Any]:
-    """Evaluate, gather statistics, and copy everything to the host in one go."""
-    model, data, fz = run.model, run.data, run.freezer
+def measure_epoch(run: Run) -> dict[str, Any]:
+    """Everything evaluated at the end of an epoch, as device tensors (no host synchronisation).
+
+    ``{"scalars": [val loss, val acc, val ECE, test loss, test acc], "probe": probe_statistics}``.
+    On the GPU fast path this is replayed from a CUDA graph (:func:`freezelab.fast.graphed`).
+    """
+    model, data = run.model, run.data
     val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y)
     test_loss, test_acc, _, _ = evaluate(model, data.test.x, data.test.y)
-    scalars = [losses.float().mean(), val_loss, val_acc, val_ece, test_loss, test_acc]
     probe = probe_statistics(run) if run.config.grad_stats else {}
+    return {"scalars": [val_loss, val_acc, val_ece, test_loss, test_acc], "probe": probe}
+
+
+def _epoch_row(run: Run, epoch: int, losses: torch.Tensor, trainable: list[frozenset[str]], fractions: list[float],
+               train_time: float, measured: dict[str, Any]) -> dict[str, Any]:
+    """The epoch's log row: the measurements and the training losses copied to the host in one go."""
+    fz = run.freezer
+    scalars = [losses.float().mean(), *measured["scalars"]]
+    probe = measured["probe"]
     dead_names = list(probe.get("dead", {}))
     tensors = scalars + [probe["dead"][n] for n in dead_names]
     if "cosine" in probe:

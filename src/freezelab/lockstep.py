@@ -1,0 +1,124 @@
+"""Several runs trained together on one GPU, each with exactly the result it would get alone.
+
+A small run leaves a GPU mostly idle: a FashionMLP step is a few dozen kernels of a few
+microseconds, each on a handful of the GPU's 132 multiprocessors. Worker processes do not fix
+that, because a GPU time-slices between processes instead of overlapping them. Here the runs
+share one process and one :class:`~freezelab.fast.GraphStepper`: each CUDA graph holds the
+same steps of every run, every run on its own stream, so the GPU overlaps their kernels
+(60 seed-004 runs: about 5x the throughput of one after another,
+``benchmarks/results/step_variants_gpu.json``). Every run executes the kernels it would
+execute alone, on inputs that depend only on its own seed, so its curves are bit-identical
+to training it alone.
+
+Runs share a stepper when :func:`~freezelab.fast.lockstep_key` says they can (CUDA graphs
+possible, no dropout, same steps per epoch and batch size) and they start at the same epoch
+(a resumed run may be further along); any other run is trained alone, in this process. Runs
+that load the same data share one copy of it on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .data import load_dataset
+from .fast import GraphStepper, lockstep_key
+from .train import RunResult, Training, data_request, train
+
+__all__ = ["train_together"]
+
+Outcome = RunResult | BaseException
+
+
+def train_together(
+    jobs: Sequence[tuple[RunConfig, str | Path | None]],
+    *,
+    on_result: Callable[[int, Outcome, float], None] | None = None,
+) -> list[Outcome]:
+    """Train every ``(config, run_dir)`` job; runs that can share the GPU step in lockstep.
+
+    Returns one outcome per job, in order: its :class:`~freezelab.train.RunResult`, or the
+    exception that stopped it (a diverged run stops alone; the others go on). ``on_result``
+    is called with ``(index, outcome, seconds)`` as each finishes.
+    """
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    shared_data: dict[tuple, Any] = {}
+    trainings: dict[int, Training] = {}
+    t0 = time.perf_counter()
+
+    def done(i: int, outcome: Outcome) -> None:
+        outcomes[i] = outcome
+        if on_result:
+            on_result(i, outcome, time.perf_counter() - t0)
+
+    for i, (cfg, run_dir) in enumerate(jobs):
+        try:
+            request = data_request(cfg)
+            key = tuple(sorted((k, str(v)) for k, v in request.items()))
+            if key not in shared_data:
+                shared_data[key] = load_dataset(**request)
+            trainings[i] = Training(cfg, run_dir, data=shared_data[key], progress=False)
+        except Exception as e:  # noqa: BLE001 - reported per run, the others go on
+            done(i, e)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, t in trainings.items():
+        key = lockstep_key(t.run)
+        groups[(key, t.start_epoch) if key is not None else ("alone", i)].append(i)
+    for (key, _), members in groups.items():
+        if key == "alone" or len(members) == 1:
+            for i in members:
+                _train_alone(trainings[i], jobs[i], done, i)
+        else:
+            _train_group(members, trainings, done)
+    return outcomes  # type: ignore[return-value]
+
+
+def _train_alone(training: Training, job: tuple, done: Callable, i: int) -> None:
+    """A run that shares nothing: the ordinary single-run loop (from its folder, to resume it)."""
+    training.close()
+    try:
+        cfg, run_dir = job
+        done(i, train(cfg, run_dir, data=training.run.data, progress=False))
+    except Exception as e:  # noqa: BLE001
+        done(i, e)
+
+
+def _train_group(members: list[int], trainings: dict[int, Training], done: Callable) -> None:
+    group = [trainings[i] for i in members]
+    stepper = GraphStepper([t.run for t in group])
+    alive = list(range(len(group)))
+    first, epochs = group[0].start_epoch, group[0].run.config.epochs
+    try:
+        for epoch in range(first, epochs):
+            t0 = time.perf_counter()
+            perms = [t.begin_epoch(epoch) for t in group]
+            stepped = stepper.run_epochs(epoch, perms)
+            torch.cuda.current_stream(group[0].run.device).synchronize()
+            train_time = time.perf_counter() - t0
+            for k in list(alive):
+                try:
+                    group[k].end_epoch(epoch, stepped[k], train_time)
+                except Exception as e:  # noqa: BLE001 - this run stops; its graphs go on idling
+                    alive.remove(k)
+                    done(members[k], e)
+            if not alive:
+                break
+    except Exception as e:  # noqa: BLE001 - the shared stepper failed: every unfinished run fails
+        for k in alive:
+            done(members[k], e)
+        alive = []
+    finally:
+        stepper.close()
+        for t in group:
+            t.close()
+    for k in alive:
+        try:
+            done(members[k], group[k].finish())
+        except Exception as e:  # noqa: BLE001
+            done(members[k], e)

@@ -1,0 +1,55 @@
+"""Training runs together: outcomes per run, in order, equal to training each alone.
+
+On a CPU nothing can share CUDA graphs, so every run takes the single-run path; the GPU
+lockstep itself is tested in tests/test_fast.py (bit-identical to alone, on the device machine).
+"""
+
+import torch
+
+from freezelab.compiled import compile_unsupported, compiled_update
+from freezelab.config import RunConfig
+from freezelab.fast import lockstep_key
+from freezelab.lockstep import train_together
+from freezelab.train import TrainingDiverged, build_run, train
+
+BASE = {"dataset": "digits", "epochs": 2, "batch_size": 64, "lr": 1e-2, "device": "cpu"}
+
+
+def test_outcomes_come_back_in_order_and_equal_training_alone(tmp_path):
+    cfgs = [RunConfig.from_dict({**BASE, "seed": s}) for s in (0, 1)]
+    diverging = RunConfig.from_dict({**BASE, "seed": 2, "optimizer": "sgd", "lr": 1e12})
+    seen = []
+    outcomes = train_together([(cfgs[0], tmp_path / "a"), (diverging, tmp_path / "b"), (cfgs[1], None)],
+                              on_result=lambda i, o, s: seen.append(i))
+    assert sorted(seen) == [0, 1, 2]
+    assert isinstance(outcomes[1], TrainingDiverged)
+    for cfg, res in zip(cfgs, (outcomes[0], outcomes[2])):
+        assert res.epochs["train_loss"].tolist() == train(cfg, progress=False).epochs["train_loss"].tolist()
+    assert (tmp_path / "a" / "summary.json").exists()
+
+
+def test_cpu_runs_neither_share_graphs_nor_compile():
+    run = build_run(BASE)
+    assert lockstep_key(run) is None
+    assert compile_unsupported(run, 1) == "compiling pays off on CUDA only"
+    assert compile_unsupported(build_run({**BASE, "compile": "off"}), 1) == "compile: off"
+
+
+def test_compiled_sgd_update_is_torchs_sgd():
+    """The compiled update calls torch's functional SGD on the optimizer's own state."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    update = compiled_update(opt_b)
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for model, step in ((a, opt_a.step), (b, update)):
+            model(x).square().mean().backward()
+            step()
+            model.zero_grad(set_to_none=True)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+    assert compiled_update(torch.optim.RMSprop(a.parameters())) is None
