@@ -70,7 +70,9 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     with counter:
         model(x)
     counts = counter.get_flop_counts()
-    leaves = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    # The root module is left out even when it holds parameters of its own (a ViT's pos_embed and
+    # cls_token): its count is the whole model's, and its own parameters only enter additions.
+    leaves = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     flops = {}
     for name in leaves:
         key = f"{type(model).__name__}.{name}" if name else type(model).__name__
@@ -88,6 +90,35 @@ def theoretical_cost(flops: dict[str, int], order: list[str], trainable_modules:
             input_grads += flops[m]
         seen_trainable = seen_trainable or m in trainable_modules
     return total + weight_grads + input_grads
+
+
+def theoretical_savings(model: nn.Module, shape) -> dict[str, float]:
+    """Theoretical step-time saving of freezing each depth half (``first``, ``second``) of ``model``."""
+    example = torch.randn(2, *shape[1:], device=next(model.parameters()).device)
+    order = [n for n, _ in groups.leaf_modules(model, example) if n]
+    flops = forward_flops(model, example)
+    gs = groups.depth(model, 2, example_input=example)
+    module_of = {p: p.rsplit(".", 1)[0] if "." in p else "" for g in gs for p in g.param_names}
+    full_cost = theoretical_cost(flops, order, set(order))
+    out = {}
+    for frozen in ("first", "second"):
+        trainable_modules = {module_of[p] for g in gs if g.name != frozen for p in g.param_names}
+        out[frozen] = 1 - theoretical_cost(flops, order, trainable_modules) / full_cost
+    return out
+
+
+def recompute_theory(path: Path) -> None:
+    """Rewrite a stored result's theoretical column with the current FLOP model (no GPU needed)."""
+    record = json.loads(path.read_text())
+    theory = {name: theoretical_savings(model, shape) for name, model, shape, _ in models(False, "cpu")}
+    for r in record["rows"]:
+        if r["model"] in theory:
+            r["theoretical_saving"] = theory[r["model"]][r["frozen"]]
+            r["measured_over_theory"] = r["measured_saving"] / r["theoretical_saving"] if r["theoretical_saving"] > 0 else None
+    record["theory_recomputed"] = {"command": " ".join(["python", *sys.argv]),
+                                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    path.write_text(json.dumps(record, indent=2))
+    write_markdown(record, path.with_suffix(".md"))
 
 
 def measure(model, gs, frozen, shape, classes, device, policy, steps, warmup):
@@ -146,7 +177,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--recompute", type=Path, help="only rewrite this stored result's theoretical column")
     args = ap.parse_args()
+    if args.recompute:
+        recompute_theory(args.recompute)
+        return
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -155,15 +190,11 @@ def main() -> None:
     for name, model, shape, classes in models(args.quick, args.device):
         model = model.to(device)
         example = torch.randn(2, *shape[1:], device=device)
-        order = [n for n, _ in groups.leaf_modules(model, example)]
-        flops = forward_flops(model, example)
         gs = groups.depth(model, 2, example_input=example)
-        module_of = {p: p.rsplit(".", 1)[0] for g in gs for p in g.param_names}
-        full_cost = theoretical_cost(flops, order, set(order))
+        theories = theoretical_savings(model, shape)
         base_t, base_mem, base_state = measure(model, gs, (), shape, classes, device, "keep", args.steps, 5)
         for frozen in (("first",), ("second",)):
-            trainable_modules = {module_of[p] for g in gs if g.name not in frozen for p in g.param_names}
-            theory = 1 - theoretical_cost(flops, order, trainable_modules) / full_cost
+            theory = theories[frozen[0]]
             t_keep, mem_keep, state_keep = measure(model, gs, frozen, shape, classes, device, "keep", args.steps, 5)
             _, mem_release, state_release = measure(model, gs, frozen, shape, classes, device, "release", max(3, args.steps // 4), 3)
             measured = 1 - t_keep / base_t
@@ -194,13 +225,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device.type == "cuda" else "cpu"
     (out / f"freezing_savings_{tag}.json").write_text(json.dumps(record, indent=2))
+    write_markdown(record, out / f"freezing_savings_{tag}.md")
 
+
+def write_markdown(record: dict, path: Path) -> None:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    lines = [f"# Freezing savings: measured vs theoretical ({dev_name}, torch {torch.__version__}, {record['date']})", "",
+    rows = record["rows"]
+    again = record.get("theory_recomputed")
+    lines = [f"# Freezing savings: measured vs theoretical ({record['device']}, torch {record['torch']}, {record['date']})", "",
              f"Command: `{record['command']}`. Optimizer AdamW; step = forward + backward + optimizer step; "
-             "median of CUDA-event timings after warm-up; TF32 matmuls.", "",
+             "median of CUDA-event timings after warm-up; TF32 matmuls."
+             + (f" Theoretical column recomputed on {again['date']} by `{again['command']}`." if again else ""), "",
              "| model | frozen | frozen params | step ms (full) | step ms (frozen) | theoretical saving | measured saving | measured/theory | peak MiB full | keep | release | opt. state MiB full | keep | release |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -208,7 +245,7 @@ def main() -> None:
                      f"{r['theoretical_saving']:.1%} | {r['measured_saving']:.1%} | {f(r['measured_over_theory'], '.2f')} | "
                      f"{f(r['peak_mib_full'], '.0f')} | {f(r['peak_mib_keep'], '.0f')} | {f(r['peak_mib_release'], '.0f')} | "
                      f"{r['opt_state_mib_full']:.1f} | {r['opt_state_mib_keep']:.1f} | {r['opt_state_mib_release']:.1f} |")
-    (out / f"freezing_savings_{tag}.md").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

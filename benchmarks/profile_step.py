@@ -1,10 +1,11 @@
-"""Where a FashionMLP training step spends its GPU time inside the CUDA-graph path.
+"""Where a FashionMLP epoch spends its time on the default GPU path (graphs + compiled step).
 
-Prints the kernels of one profiled epoch (sorted by total device time) and the device time
-per step, and writes the table to $OUT/profile_step_gpu.md when $OUT is set. Used to decide
-what to fuse next. (An earlier version also tried
-torch.compile(mode="max-autotune-no-cudagraphs"): its autotuning alone took over six minutes
-on an H100 for this 3-layer MLP, so it is no option for short sweeps.)
+Prints the kernels of one profiled epoch (sorted by total device time), the device time per
+step, and the host time of the per-epoch work around the steps (validation, test, the
+gradient-statistics probe, the whole epoch row); writes it all to $OUT/profile_step_gpu.md
+when $OUT is set. Used to decide what to fuse next. (Inductor's GEMM autotuning,
+``max_autotune_gemm``, took 180 s for this 3-layer MLP and was dropped:
+benchmarks/step_variants.py.)
 
     FREEZELAB_DATA=.data python benchmarks/profile_step.py
 """
@@ -15,8 +16,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from freezelab.fast import GraphStepper
-from freezelab.train import build_run
+from freezelab.fast import make_stepper
+from freezelab.fast import graphed
+from freezelab.train import _epoch_row, build_run, evaluate, measure_epoch, probe_statistics
 
 CFG = {"dataset": "fashion_mnist", "recipe": "fmnist_90_10", "data_root": os.environ.get("FREEZELAB_DATA", ".data"),
        "model": "fashion_mlp", "optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "seed": 42,
@@ -36,7 +38,8 @@ def epoch_seconds(stepper, run, epochs=(1, 2, 3)):
 
 def main() -> None:
     run = build_run(CFG)
-    stepper = GraphStepper(run)
+    stepper = make_stepper(run)
+    print(f"stepper {type(stepper).__name__}, compiled: {getattr(stepper, 'compiled', False)}")
     t1 = time.perf_counter()
     stepper.run_epoch(0, run.batches.epoch(0))
     torch.cuda.synchronize()
@@ -53,6 +56,27 @@ def main() -> None:
              "| kernel | calls per step | GPU ms per epoch |", "|---|---:|---:|"]
     for e in sorted(kernels, key=lambda e: -e.device_time_total)[:20]:
         lines.append(f"| {e.key[:90]} | {e.count / run.steps_per_epoch:.2f} | {e.device_time_total / 1000:.2f} |")
+    lines += ["", "Per-epoch work around the steps (host time with a synchronisation, median of 20):", "",
+              "| piece | ms |", "|---|---:|"]
+    losses = torch.zeros(run.steps_per_epoch, device=run.device)
+    sets = [run.freezer.trainable] * run.steps_per_epoch
+    pieces = {"evaluate val": lambda: evaluate(run.model, run.data.val.x, run.data.val.y),
+              "evaluate test": lambda: evaluate(run.model, run.data.test.x, run.data.test.y),
+              "probe (grad stats, dead units, cosine)": lambda: probe_statistics(run),
+              "whole epoch row, eager (all of it + host copy)":
+                  lambda: _epoch_row(run, 5, losses, sets, [1.0] * len(sets), 0.0, measure_epoch(run))}
+    measure = graphed(lambda: measure_epoch(run), run.device)
+    pieces["whole epoch row, graphed (the default)"] = lambda: _epoch_row(run, 5, losses, sets, [1.0] * len(sets), 0.0, measure())
+    for name, fn in pieces.items():
+        times = []
+        for _ in range(20):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        lines.append(f"| {name} | {1000 * sorted(times)[10]:.2f} |")
+    stepper.close()
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.environ.get("OUT")
