@@ -227,8 +227,7 @@ class GraphStepper:
 
     name = "graph"
 
-    def __init__(self, runs: Run | Sequence[Run], chunk: int = 32) -> None:
-        runs = [runs] if not isinstance(runs, (list, tuple)) else list(runs)
+    def __init__(self, runs: Sequence[Run], chunk: int = 32) -> None:
         keys = {lockstep_key(run) for run in runs}
         if len(runs) > 1 and (len(keys) != 1 or None in keys):
             raise ValueError("runs stepped together need the same device, steps per epoch and batch size, and no dropout")

@@ -29,7 +29,7 @@ import torch
 from .config import RunConfig
 from .data import load_dataset
 from .fast import GraphStepper, lockstep_key
-from .train import RunResult, Training, data_request, train
+from .train import RunResult, Training, data_request, run_training
 
 __all__ = ["train_together"]
 
@@ -73,18 +73,16 @@ def train_together(
     for (key, _), members in groups.items():
         if key == "alone" or len(members) == 1:
             for i in members:
-                _train_alone(trainings[i], jobs[i], done, i)
+                _train_alone(trainings[i], done, i)
         else:
             _train_group(members, trainings, done)
     return outcomes  # type: ignore[return-value]
 
 
-def _train_alone(training: Training, job: tuple, done: Callable, i: int) -> None:
-    """A run that shares nothing: the ordinary single-run loop (from its folder, to resume it)."""
-    training.close()
+def _train_alone(training: Training, done: Callable, i: int) -> None:
+    """A run that shares nothing: the ordinary single-run loop."""
     try:
-        cfg, run_dir = job
-        done(i, train(cfg, run_dir, data=training.run.data, progress=False))
+        done(i, run_training(training))
     except Exception as e:  # noqa: BLE001
         done(i, e)
 
@@ -94,6 +92,8 @@ def _train_group(members: list[int], trainings: dict[int, Training], done: Calla
     stepper = GraphStepper([t.run for t in group])
     alive = list(range(len(group)))
     first, epochs = group[0].start_epoch, group[0].run.config.epochs
+    for t in group:
+        t.start()  # no dropout in a group, so whichever run sets the streams last does no harm
     try:
         for epoch in range(first, epochs):
             t0 = time.perf_counter()

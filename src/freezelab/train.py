@@ -43,7 +43,7 @@ from .freezer import Freezer
 from .models import build_model, model_options
 from .optim import build_optimizer, lr_schedule, optimizer_state_bytes
 
-__all__ = ["train", "Training", "RunResult", "TrainingDiverged", "resolve_device", "build_run", "Run"]
+__all__ = ["train", "Training", "run_training", "RunResult", "TrainingDiverged", "resolve_device", "build_run", "Run"]
 
 #: Models that take images as NCHW tensors (everything else gets flattened inputs).
 IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
@@ -240,11 +240,10 @@ class Training:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.rows: list[dict[str, Any]] = []
         self.step_rows: list[pd.DataFrame] = []
-        self.start_epoch = 0
-        torch.manual_seed(cfg.seed + 1)  # dropout stream: the same for every schedule (a resume restores it)
+        self.start_epoch, self._rng = 0, None
         if self.run_dir is not None:
             runlog.write_config(self.run_dir, _config_record(cfg))
-            self.start_epoch = _resume(run, self.run_dir, self.rows, self.step_rows)
+            self.start_epoch, self._rng = _resume(run, self.run_dir, self.rows, self.step_rows)
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
         self.board = _tensorboard(cfg, self.run_dir)
@@ -253,6 +252,20 @@ class Training:
         self.measure = graphed(lambda: measure_epoch(run), run.device) if lockstep_key(run) else lambda: measure_epoch(run)
         show = progress if progress is not None else not _quiet()
         self.bar = _Progress(show, cfg.epochs, run.steps_per_epoch, cfg.variant or cfg.experiment)
+
+    def start(self) -> None:
+        """Set the random streams this run trains with, right before its first epoch.
+
+        The dropout stream is ``seed + 1`` for every schedule, or the checkpoint's when the run
+        resumes. Setting it here rather than when the run is built means that building other
+        runs in between (:mod:`freezelab.lockstep` builds them all first) cannot shift it.
+        """
+        torch.manual_seed(self.run.config.seed + 1)
+        if self._rng is not None:
+            cpu, cuda = self._rng
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
 
     def begin_epoch(self, epoch: int) -> torch.Tensor:
         """Put the model in training mode; the epoch's batch order."""
@@ -315,9 +328,14 @@ def train(
 
     Raises :class:`TrainingDiverged` on a NaN/inf loss after saving the finished epochs.
     """
-    training = Training(config, run_dir, data=data, progress=progress)
+    return run_training(Training(config, run_dir, data=data, progress=progress))
+
+
+def run_training(training: Training) -> RunResult:
+    """Drive one built :class:`Training` to its end with its own stepper."""
     run = training.run
     stepper = make_stepper(run)
+    training.start()
     try:
         for epoch in range(training.start_epoch, run.config.epochs):
             t0 = time.perf_counter()
@@ -433,11 +451,15 @@ def _save_progress(run: Run, run_dir: Path | None, rows, step_rows, epoch: int) 
     )
 
 
-def _resume(run: Run, run_dir: Path, rows: list, step_rows: list) -> int:
-    """Load a checkpoint left by an unfinished run in ``run_dir``; return the epoch to start at."""
+def _resume(run: Run, run_dir: Path, rows: list, step_rows: list) -> tuple[int, tuple | None]:
+    """Load a checkpoint left by an unfinished run in ``run_dir``.
+
+    Returns the epoch to start at and the checkpoint's random states ``(cpu, cuda)`` (``None``
+    without a checkpoint), which :meth:`Training.start` sets.
+    """
     state = runlog.load_checkpoint(run_dir, map_location=run.device)
     if state is None:
-        return 0
+        return 0, None
     run.model.load_state_dict(state["model"])
     run.freezer.load_state_dict(state["freezer"])
     epochs = runlog.read_table(run_dir / runlog.EPOCHS)
@@ -445,10 +467,7 @@ def _resume(run: Run, run_dir: Path, rows: list, step_rows: list) -> int:
     steps = runlog.read_table(run_dir / runlog.STEPS)
     if steps is not None:
         step_rows.append(steps)
-    torch.set_rng_state(state["rng_cpu"])
-    if state.get("rng_cuda") is not None:
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["epoch"])
+    return int(state["epoch"]), (state["rng_cpu"], state.get("rng_cuda"))
 
 
 def _summary(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
