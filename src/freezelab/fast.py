@@ -207,11 +207,11 @@ class GraphStepper:
 
     A segment of steps with one trainable set is covered by the largest captured chunk that
     fits (``chunk``, ``chunk/2``, ..., 1 steps) plus, at the end of an epoch, a graph for the
-    smaller last batch. Capturing first runs one real step on a side stream (to create the
+    smaller last batch. Capturing first runs two real steps on a side stream (to create the
     optimizer state, library workspaces and compiled kernels) and then restores parameters,
     buffers and optimizer state bit for bit, so capturing never changes the training
     trajectory. Dropout is the exception: replays draw their masks inside the graph and the
-    warm-up step draws one set more, so a dropout model's masks (not their distribution)
+    warm-up steps draw more, so a dropout model's masks (not their distribution)
     differ from the eager path's.
 
     Several runs (``runs``) step in lockstep: each graph holds the same steps of every run,
