@@ -36,7 +36,8 @@ from .models import has_dropout
 if TYPE_CHECKING:
     from .train import Run
 
-__all__ = ["model_loss", "bookkeeping", "compile_unsupported", "compiled_loss", "compiled_update", "MAX_COMPILED_SETS"]
+__all__ = ["model_loss", "bookkeeping", "compile_unsupported", "compiled_loss", "compiled_update", "configure_dynamo",
+           "MAX_COMPILED_SETS"]
 
 #: A run that visits more trainable sets than this is not compiled (each set is a recompile).
 MAX_COMPILED_SETS = 8
@@ -57,14 +58,28 @@ def compile_unsupported(run: Run, trainable_sets: int) -> str | None:
     return None
 
 
-def _allow_recompiles(n: int = 64) -> None:
-    """Each trainable set, activation and optimizer is one more graph of the same function."""
+def configure_dynamo(recompile_limit: int = 64) -> None:
+    """Make ``torch.compile`` fit freezing: room for a graph per trainable set, and sound guards.
+
+    * Each trainable set, activation and optimizer is one more graph of the same function, so
+      the recompile limit (8 by default) is raised.
+    * Dynamo skips the guards on tensors held in a module or dict whose "dict tag" has not
+      changed, and ``requires_grad_()`` changes no tag. On torch 2.11 a graph compiled for one
+      trainable set was therefore silently reused for another (pytorch/pytorch#139476; the
+      guards' fast path checks ``requires_grad`` since #177158): a frozen part's weight
+      gradients were still computed, and a part that thawed got none, so an alternating
+      schedule trained wrongly. Freezing flips exactly that flag, so both shortcuts are off.
+      The cost is a full guard check per call, which graph replays never make.
+    """
     import torch._dynamo.config as dynamo_config
 
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), n))
-            return
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), recompile_limit))
+            break
+    for name in ("skip_tensor_guards_with_matching_dict_tags", "use_recursive_dict_tags_for_guards"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, False)
 
 
 def model_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -75,7 +90,7 @@ def model_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 @functools.cache
 def compiled_loss() -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     """``cross_entropy(model(x), y)``, compiled (its backward is compiled by AOTAutograd)."""
-    _allow_recompiles()
+    configure_dynamo()
     return torch.compile(model_loss, dynamic=False)
 
 
@@ -120,7 +135,7 @@ def _sgd_update(params, grads, buffers, lr, options: dict) -> None:
 
 @functools.cache
 def _compiled(fn: Callable) -> Callable:
-    _allow_recompiles()
+    configure_dynamo()
     return torch.compile(fn, dynamic=False)
 
 

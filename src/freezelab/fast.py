@@ -129,7 +129,7 @@ def make_stepper(run: Run):
 class _Member:
     """One run inside a :class:`GraphStepper`: its device-side inputs and what one step does."""
 
-    def __init__(self, run: Run, compile_: bool, compile_loss: bool) -> None:
+    def __init__(self, run: Run, compile_: bool) -> None:
         self.run = run
         cfg, dev = run.config, run.device
         n = len(run.data.train.y)
@@ -146,7 +146,7 @@ class _Member:
             if "capturable" in group:
                 group["capturable"] = True  # state (Adam's step count) stays on the device
         optimizer = run.freezer.optimizer
-        self.loss = compiled_loss() if compile_loss else model_loss
+        self.loss = compiled_loss() if compile_ else model_loss
         self.update = (compiled_update(optimizer) if compile_ else None) or optimizer.step
         self.gather, self.record = bookkeeping(compile_)
         self.compiled = compile_
@@ -325,17 +325,14 @@ class GraphStepper:
 
 
 def _member(run: Run) -> _Member:
-    """A run's member, compiled where that pays off and is exact.
+    """A run's member, compiled where that pays off and is exact (:func:`compile_unsupported`).
 
-    The loss is compiled only for runs that train one set of parameters throughout: on an
-    H100 (torch 2.11), a compiled loss whose trainable set alternated every few batches gave
-    losses off by more than 1.0 after 3 epochs of digits while the compiled update stayed
-    within 5e-6 of the eager loop (``benchmarks/results/compile_check_gpu.txt``). The cause is
-    not found yet, so such runs compile only the update and the bookkeeping.
+    Each trainable set the schedule visits is one compiled graph of the loss; before
+    :func:`freezelab.compiled.configure_dynamo` made the guards see ``requires_grad``, torch
+    2.11 reused one set's graph for another (``benchmarks/results/compile_check_gpu.txt``).
     """
-    sets = _trainable_sets(run)
-    compile_ = compile_unsupported(run, sets) is None
-    return _Member(run, compile_, compile_loss=compile_ and sets == 1)
+    compile_ = compile_unsupported(run, _trainable_sets(run)) is None
+    return _Member(run, compile_)
 
 
 def graphed(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
