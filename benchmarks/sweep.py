@@ -31,6 +31,7 @@ import torch
 from freezelab.experiment import load_experiment
 from freezelab.report import write_report
 from freezelab.runner import run_experiment
+import freezelab.train as train_mod
 from freezelab.train import train
 
 
@@ -41,10 +42,14 @@ def main() -> None:
     ap.add_argument("--lockstep", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--save-every", type=float, default=None,
+                    help="seconds between a run's checkpoints (freezelab.train.SAVE_EVERY_S; 0 = every epoch)")
     ap.add_argument("--runs-dir", default="/tmp/freezelab_sweep")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--no-archive", action="store_true", help="skip the archive of run folders")
     args = ap.parse_args()
+    if args.save_every is not None:
+        train_mod.SAVE_EVERY_S = args.save_every
     root = os.environ.get("FREEZELAB_DATA")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,7 @@ def main() -> None:
             diff_acc = max(diff_acc, float((alone["val_acc"] - together["val_acc"]).abs().max()))
         report = write_report(Path(args.runs_dir) / exp.name)
         records.append({"experiment": exp.name, "config": config, "runs": n, "jobs": args.jobs, "lockstep": args.lockstep,
+                        "save_every_s": train_mod.SAVE_EVERY_S,
                         "wall_s": wall, "failed": [f"{o.run_dir}: {o.error}" for o in failed],
                         "check_runs": [f"{c.variant}/seed{c.seed}" for c in checked],
                         "max_abs_diff_train_loss_alone_vs_sweep": diff_loss, "max_abs_diff_val_acc_alone_vs_sweep": diff_acc,
@@ -89,10 +95,10 @@ def main() -> None:
     (out / f"sweep_{tag}.json").write_text(json.dumps(record, indent=2))
     lines = [f"# Sweeps on one device ({dev}, torch {torch.__version__}, {record['date']})", "",
              f"Command: `{record['command']}`", "",
-             "| experiment | runs | lockstep | worker processes | wall time (s) | failed | 3 runs alone: max |Δ train loss| | max |Δ val acc| |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| experiment | runs | lockstep | worker processes | checkpoint every (s) | wall time (s) | failed | 3 runs alone: max |Δ train loss| | max |Δ val acc| |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        lines.append(f"| {r['experiment']} | {r['runs']} | {r['lockstep']} | {r['jobs']} | {r['wall_s']:.1f} | {len(r['failed'])} | "
+        lines.append(f"| {r['experiment']} | {r['runs']} | {r['lockstep']} | {r['jobs']} | {r.get('save_every_s', 0):g} | {r['wall_s']:.1f} | {len(r['failed'])} | "
                      f"{r['max_abs_diff_train_loss_alone_vs_sweep']:.2e} | {r['max_abs_diff_val_acc_alone_vs_sweep']:.2e} |")
     (out / f"sweep_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

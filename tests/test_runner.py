@@ -108,6 +108,7 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
         if run.config.variant == "alternate-epoch" and run.config.seed == 0 and epoch == 0:
             raise RuntimeError("power cut")  # after epoch 1 and its checkpoint are on disk
 
+    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
     monkeypatch.setattr(train_mod, "_save_progress", power_cut)
     first = run_experiment(tiny(), tmp_path)
     assert statuses(first, tmp_path) == {

@@ -80,6 +80,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
 
     real = train_mod._save_progress
     calls = []
+    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
 
     def crash_after_two(run, run_dir, rows, step_rows, epoch):
         real(run, run_dir, rows, step_rows, epoch)
@@ -99,6 +100,55 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
+def test_checkpoints_are_written_at_most_every_save_interval_and_at_the_end(tmp_path, monkeypatch):
+    import freezelab.train as train_mod
+
+    real, saved = train_mod._save_progress, []
+
+    def count(run, run_dir, rows, step_rows, epoch):
+        real(run, run_dir, rows, step_rows, epoch)
+        saved.append(epoch)
+
+    monkeypatch.setattr(train_mod, "_save_progress", count)
+    train({**TINY, "epochs": 4}, tmp_path / "run", progress=False)
+    assert saved == [3]  # a tiny run takes far less than SAVE_EVERY_S: only its last epoch
+    assert runlog.is_finished(tmp_path / "run")
+
+
+def test_a_stop_between_checkpoints_keeps_the_epochs_and_a_resume_redoes_them(tmp_path, monkeypatch):
+    """Epochs logged after the last checkpoint are on disk after a crash, then trained again on resume."""
+    import freezelab.fast as fast
+    import freezelab.train as train_mod
+
+    cfg = {**TINY, "epochs": 4, "model_args": {"hidden": [32, 32], "dropout": 0.2}}
+    full = train(cfg, tmp_path / "full", progress=False)
+    real_save, real_epoch = train_mod._save_progress, fast.EagerStepper.run_epoch
+    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)
+
+    def save_once(*args):
+        real_save(*args)
+        monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 1e9)  # epoch 1 is checkpointed, no later one
+
+    def crash_in_epoch_3(self, epoch, perm, bar=None):
+        if epoch == 2:
+            raise RuntimeError("power cut")
+        return real_epoch(self, epoch, perm, bar)
+
+    monkeypatch.setattr(train_mod, "_save_progress", save_once)
+    monkeypatch.setattr(fast.EagerStepper, "run_epoch", crash_in_epoch_3)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, tmp_path / "cut", progress=False)
+    assert runlog.read_table(tmp_path / "cut" / runlog.EPOCHS)["epoch"].tolist() == [1, 2]
+    assert runlog.load_checkpoint(tmp_path / "cut")["epoch"] == 1
+
+    monkeypatch.setattr(fast.EagerStepper, "run_epoch", real_epoch)
+    resumed = train(cfg, tmp_path / "cut", progress=False)
+    assert resumed.epochs["epoch"].tolist() == [1, 2, 3, 4]
+    assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
+    steps = runlog.read_table(tmp_path / "cut" / runlog.STEPS)
+    assert steps["step"].tolist() == list(range(len(steps)))  # no step logged twice
+
+
 def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypatch):
     import freezelab.fast as fast
 
@@ -109,6 +159,7 @@ def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypat
         return (losses * float("nan") if epoch == 1 else losses), *rest
 
     monkeypatch.setattr(fast.EagerStepper, "run_epoch", poisoned)
+    monkeypatch.setattr("freezelab.train.SAVE_EVERY_S", 0.0)  # a checkpoint after every finished epoch
     with pytest.raises(TrainingDiverged, match="epoch 2.*lower lr.*1 finished epochs are kept"):
         train(TINY, tmp_path, progress=False)
     kept = pd.read_parquet(tmp_path / "epochs.parquet")
