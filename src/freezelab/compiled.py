@@ -65,8 +65,8 @@ def configure_dynamo(recompile_limit: int = 64) -> None:
       the recompile limit (8 by default) is raised.
     * Dynamo skips the guards on tensors held in a module or dict whose "dict tag" has not
       changed, and ``requires_grad_()`` changes no tag. On torch 2.11 a graph compiled for one
-      trainable set was therefore silently reused for another (pytorch/pytorch#139476; the
-      guards' fast path checks ``requires_grad`` since #177158): a frozen part's weight
+      trainable set was therefore silently reused for another (pytorch/pytorch#139476; pull
+      request #177158 makes the guards' fast path check ``requires_grad``): a frozen part's weight
       gradients were still computed, and a part that thawed got none, so an alternating
       schedule trained wrongly. Freezing flips exactly that flag, so both shortcuts are off.
       The cost is a full guard check per call, which graph replays never make.
