@@ -16,8 +16,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from freezelab.fast import make_stepper
-from freezelab.fast import graphed
+from freezelab.fast import graphed, make_stepper
 from freezelab.train import _epoch_row, build_run, evaluate, measure_epoch, probe_statistics
 
 CFG = {"dataset": "fashion_mnist", "recipe": "fmnist_90_10", "data_root": os.environ.get("FREEZELAB_DATA", ".data"),

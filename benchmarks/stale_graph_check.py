@@ -22,12 +22,16 @@ from freezelab.compiled import configure_dynamo, model_loss
 from freezelab.schedules import Clock, Freeze
 
 
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
 def pattern(configured: bool) -> str:
     if configured:
         configure_dynamo()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
+    net = _net().to(device)
     gs = groups.depth(net, 2)
     loss = torch.compile(model_loss, dynamic=False)
     x, y = torch.randn(5, 6, device=device), torch.tensor([0, 1, 2, 0, 1], device=device)
@@ -54,9 +58,7 @@ if __name__ == "__main__":
         sys.exit()
     print(f"# python benchmarks/stale_graph_check.py on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
           f"torch {torch.__version__}")
-    torch.manual_seed(0)
-    probe = groups.depth(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)), 2)
-    print(f"# groups: {[(g.name, list(g.param_names)) for g in probe]}")
+    print(f"# groups: {[(g.name, list(g.param_names)) for g in groups.depth(_net(), 2)]}")
     print("# trainable sets: second frozen | all | first frozen (expected GG---- | GGGGGG | --GGGG); "
           "G = the parameter got a gradient in the last step")
     for mode in ("default", "configured"):
