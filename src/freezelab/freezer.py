@@ -241,6 +241,7 @@ class Freezer:
         self._total_numel = sum(p.numel() for p in model.parameters())
         self._views = [_OptimizerView(o, _attached[o]._view_of(o) if o in _attached else None) for o in optimizers]
         self._check_optimizers(missing)
+        self._lr_groups = self._lr_group_names() if self.scales_lr else None
         for view in self._views:
             self._attach(view)
         self._norms = [
@@ -292,7 +293,47 @@ class Freezer:
             "missing='add' to put them in its first param group"
         )
 
+    def _lr_group_names(self) -> list[list[str | None]]:
+        """For each optimizer param group, the one freezelab group its managed parameters belong to.
+
+        A schedule that scales learning rates per group (FreezeOut's annealing) can only do so
+        through param groups, so each param group may hold one freezelab group's parameters.
+        """
+        owner = {id(p): name for name, params in self._params.items() for p in params}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        out = []
+        for view in self._views:
+            row = []
+            for full in view.full:
+                found = {owner[id(p)] for p in full if id(p) in owner}
+                if len(found) > 1:
+                    example = ", ".join(repr(names.get(id(p), "?")) for p in full[:3])
+                    raise FreezerError(
+                        f"{self.schedule.describe()} sets a learning rate per group, but one optimizer param group "
+                        f"({example}, ...) holds the groups {sorted(found)}; build the optimizer with one param group "
+                        "per freezelab group: freezelab.optim.param_groups_by_group(model, groups)"
+                    )
+                row.append(found.pop() if found else None)
+            out.append(row)
+        return out
+
     # -- the per-step entry point ----------------------------------------------------
+    @property
+    def scales_lr(self) -> bool:
+        """Whether the schedule also sets per-group learning-rate factors (FreezeOut's annealing)."""
+        return bool(getattr(self.schedule, "scales_lr", False))
+
+    def lr_factors(self, clock: Clock) -> list[list[float]]:
+        """The learning-rate factor of every param group of every optimizer at ``clock`` (1.0 if unscaled).
+
+        The loop multiplies each param group's base learning rate by its factor before the
+        optimizer step: ``group["lr"] = lr_at(step) * factor``.
+        """
+        if self._lr_groups is None:
+            return [[1.0] * len(view.full) for view in self._views]
+        factors = self.schedule.lr_factors(clock, self.groups.schedulable)
+        return [[float(factors.get(name, 1.0)) if name is not None else 1.0 for name in row] for row in self._lr_groups]
+
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [view.opt for view in self._views]
