@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .groups import NORM_TYPES, GroupSet
+from .groups import NORM_TYPES, GroupSet, mark_frozen_by_freezelab, user_frozen
 from .schedules import Clock, Schedule
 
 __all__ = ["Freezer", "FreezerError", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
@@ -84,22 +84,8 @@ class FreezerError(ValueError):
     """A freezer that cannot do what it is asked; the message names the parameters and the fix."""
 
 
-# Parameters some freezer froze. A later freezer on the same model (the functional form
-# called twice, a second study on one model) may thaw these; everything else that is frozen
-# when a freezer is built was frozen by the user and stays frozen.
-_frozen_here: dict[int, weakref.ref] = {}
 # The freezer attached to each optimizer (one at a time: a new one takes over the hooks).
 _attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _mark_frozen(p: torch.Tensor) -> None:
-    key = id(p)
-    _frozen_here[key] = weakref.ref(p, lambda _, key=key: _frozen_here.pop(key, None))
-
-
-def _frozen_by_freezelab(p: torch.Tensor) -> bool:
-    ref = _frozen_here.get(id(p))
-    return ref is not None and ref() is p
 
 
 def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
@@ -260,7 +246,7 @@ class Freezer:
         for g in groups:
             params = [named[p] for p in g.param_names]
             if not getattr(g, "explicit", False):
-                params = [p for p in params if p.requires_grad or _frozen_by_freezelab(p)]
+                params = [p for p in params if not user_frozen(p)]
             if not params:
                 raise FreezerError(
                     f"group {g.name!r} holds only parameters that were frozen before the Freezer was built "
@@ -382,7 +368,7 @@ class Freezer:
                 p.requires_grad_(on)
                 if not on:
                     p.grad = None
-                    _mark_frozen(p)
+                    mark_frozen_by_freezelab(p)
         self.trainable_numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     # -- optimizer policies -------------------------------------------------------------

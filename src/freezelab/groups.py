@@ -108,7 +108,28 @@ __all__ = [
     "pattern",
     "kind",
     "from_spec",
+    "user_frozen",
 ]
+
+# Parameters a freezelab Freezer froze. Everything else that has requires_grad=False was frozen
+# by the user (a PEFT base, a frozen backbone) and is never put in a non-explicit group or thawed;
+# these may be, so groups built (or a Freezer built) after a freezelab run still see them.
+_frozen_here: dict[int, weakref.ref] = {}
+
+
+def mark_frozen_by_freezelab(p: torch.Tensor) -> None:
+    """Record that freezelab (not the user) froze ``p`` (called by the Freezer)."""
+    key = id(p)
+    _frozen_here[key] = weakref.ref(p, lambda _, key=key: _frozen_here.pop(key, None))
+
+
+def user_frozen(p: torch.Tensor) -> bool:
+    """``True`` if ``p`` is frozen and freezelab did not freeze it: it must stay frozen."""
+    if p.requires_grad:
+        return False
+    ref = _frozen_here.get(id(p))
+    return ref is None or ref() is not p
+
 
 #: Module classes whose parameters count as "norm" parameters.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -458,7 +479,7 @@ def _layout(
         raise GroupError(f"head must be true, false or a module name, got {head!r}")
     holders = _holders(model)
     canonical = {id(p): n for n, p in model.named_parameters()}
-    frozen = {n: not p.requires_grad for n, p in model.named_parameters()}
+    frozen = {n: user_frozen(p) for n, p in model.named_parameters()}
     is_unit = {id(m): nonleaf == "own" or next(m.children(), None) is None for _, m in holders}
     traced = example_input is not None and (order == "forward" or head is True)
     trace = _trace(model, holders, example_input) if traced else None
@@ -696,7 +717,7 @@ def pattern(
                     assigned[n] = group
                     members[group].append(n)
     groups = [Group(g, tuple(n for n in names if n in set(ps)), explicit=True) for g, ps in members.items()]
-    leftover = tuple(n for n, p in named if n not in assigned and (include_frozen or p.requires_grad))
+    leftover = tuple(n for n, p in named if n not in assigned and (include_frozen or not user_frozen(p)))
     if rest is not None and leftover:
         groups.append(Group(rest, leftover, explicit=include_frozen))
     return _finish(groups, model).with_always_trainable(*always_trainable)
