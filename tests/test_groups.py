@@ -259,6 +259,8 @@ def test_tied_weights_are_managed_once_under_their_canonical_name():
     # With head=True the head keeps its (tied) weight: the embedding trains always, as the head.
     with_head = groups.layers(fam.model, head=True, example_input=fam.example_input)
     assert with_head["head"].param_names == (canonical,) and "transformer.wte" not in with_head.names
+    by_alias = groups.pattern(fam.model, {"out": "lm_head.*"}, rest="rest")
+    assert by_alias["out"].param_names == (canonical,) and canonical not in by_alias["rest"].param_names
 
 
 def test_tied_weight_goes_to_the_module_that_uses_it_first():

@@ -20,7 +20,7 @@ Parameters that belong to no group are *unmanaged*: the freezer leaves their ``r
 exactly as it finds it (that is how a PEFT model keeps its base weights frozen for good).
 
 The rules below are the ones every builder follows; they exist because real models break the
-naive "one group per leaf module, in the order the hooks fire" picture in four ways.
+naive "one group per leaf module, in the order its forward hook fires" picture.
 
 **Units.** A *unit* is one module together with the parameters it owns directly
 (``recurse=False``); groups are made of whole units. :func:`units` lists them.
@@ -38,7 +38,7 @@ lie (a head declared first, an encoder declared after the decoder), so:
   definition order. Without ``example_input`` there is nothing to trace and definition order is
   used.
 * ``"definition"``: ``named_modules()`` depth-first order, which is the traversal Composer's
-  ``freeze_layers`` walks; use it to reproduce Composer exactly.
+  ``freeze_layers`` walks; with ``nonleaf="skip"`` it reproduces Composer's layer list.
 
 The trace runs once in train mode (the path training takes; MHA's eval fast path is not taken,
 and if the model cannot run in train mode on ``example_input``, e.g. BatchNorm on a batch of
@@ -669,7 +669,8 @@ def pattern(
     ``patterns`` maps a group name to one pattern or a list of them. A parameter matching two
     groups is an error (groups must be disjoint), as is a pattern matching nothing. Pattern
     groups are *explicit*: they name their parameters, frozen ones included, so the freezer
-    manages all of them. Unmatched parameters go to the group ``rest`` if given (trainable ones
+    manages all of them. A pattern may match any name of a tied parameter (``lm_head.weight``);
+    the group lists its canonical name (``transformer.wte.weight``). Unmatched parameters go to the group ``rest`` if given (trainable ones
     only, unless ``include_frozen=True``), else stay unmanaged.
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
@@ -681,12 +682,14 @@ def pattern(
     _check_flag("include_frozen", include_frozen)
     named = list(model.named_parameters())
     names = [n for n, _ in named]
+    canonical = {id(p): n for n, p in named}
+    every_name = [(n, canonical[id(p)]) for n, p in model.named_parameters(remove_duplicate=False)]
     assigned: dict[str, str] = {}
     members: dict[str, list[str]] = {g: [] for g in patterns}
     for group, pats in patterns.items():
         for pat in [pats] if isinstance(pats, str) else list(pats):
             match = _matcher(pat, regex)
-            hits = [n for n in names if match(n)]
+            hits = list(dict.fromkeys(c for n, c in every_name if match(n)))  # a tied alias picks its canonical name
             if not hits:
                 raise GroupError(f"pattern {pat!r} for group {group!r} matches no parameter (e.g. {names[:3]})")
             for n in hits:
