@@ -20,7 +20,7 @@ Parameters that belong to no group are *unmanaged*: the freezer leaves their ``r
 exactly as it finds it (that is how a PEFT model keeps its base weights frozen for good).
 
 The rules below are the ones every builder follows; they exist because real models break the
-naive "one group per leaf module, in the order the hooks fire" picture in four ways.
+naive "one group per leaf module, in the order its forward hook fires" picture.
 
 **Units.** A *unit* is one module together with the parameters it owns directly
 (``recurse=False``); groups are made of whole units. :func:`units` lists them.
@@ -38,7 +38,7 @@ lie (a head declared first, an encoder declared after the decoder), so:
   definition order. Without ``example_input`` there is nothing to trace and definition order is
   used.
 * ``"definition"``: ``named_modules()`` depth-first order, which is the traversal Composer's
-  ``freeze_layers`` walks; use it to reproduce Composer exactly.
+  ``freeze_layers`` walks; with ``nonleaf="skip"`` it reproduces Composer's layer list.
 
 The trace runs once in train mode (the path training takes; MHA's eval fast path is not taken,
 and if the model cannot run in train mode on ``example_input``, e.g. BatchNorm on a batch of
@@ -445,9 +445,10 @@ def _head_name(
 ) -> str:
     if trace is not None and trace.head is not None:
         return trace.head
-    ran = [u for u in units if trace is not None and any(id(p) in trace.first_use for p in u.module.parameters(recurse=False))]
-    if ran:
-        return ran[-1].name  # no module's output is the model's output: the last unit to run
+    if trace is not None:  # no submodule's output is the model's output: the last unit to run
+        ran = [u for u in units if any(id(p) in trace.first_use for p in u.module.parameters(recurse=False))]
+        if ran:
+            return ran[-1].name
     copies = _untraced_copies(model)
     real = [n for n, _ in holders if not any(n == c or n.startswith(c + ".") for c in copies)]
     if not real:
@@ -649,7 +650,9 @@ def layers(
     """One group per unit, named after its module (``root`` for the model itself), in ``order``.
 
     This is the unit that progressive freezing (Composer, FreezeOut), BAdam and LISA walk over;
-    ``layers(model, order="definition", nonleaf="skip")`` is exactly Composer's layer list.
+    ``layers(model, order="definition", nonleaf="skip")`` is Composer's layer list (leaf modules
+    with parameters, depth-first), less the layers whose parameters were all frozen beforehand
+    or already listed under a tied name.
     """
     lay = _layout(
         model, order=order, nonleaf=nonleaf, include_frozen=include_frozen, example_input=example_input, head=head
@@ -687,7 +690,8 @@ def pattern(
     ``patterns`` maps a group name to one pattern or a list of them. A parameter matching two
     groups is an error (groups must be disjoint), as is a pattern matching nothing. Pattern
     groups are *explicit*: they name their parameters, frozen ones included, so the freezer
-    manages all of them. Unmatched parameters go to the group ``rest`` if given (trainable ones
+    manages all of them. A pattern may match any name of a tied parameter (``lm_head.weight``);
+    the group lists its canonical name (``transformer.wte.weight``). Unmatched parameters go to the group ``rest`` if given (trainable ones
     only, unless ``include_frozen=True``), else stay unmanaged.
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
@@ -699,12 +703,14 @@ def pattern(
     _check_flag("include_frozen", include_frozen)
     named = list(model.named_parameters())
     names = [n for n, _ in named]
+    canonical = {id(p): n for n, p in named}
+    every_name = [(n, canonical[id(p)]) for n, p in model.named_parameters(remove_duplicate=False)]
     assigned: dict[str, str] = {}
     members: dict[str, list[str]] = {g: [] for g in patterns}
     for group, pats in patterns.items():
         for pat in [pats] if isinstance(pats, str) else list(pats):
             match = _matcher(pat, regex)
-            hits = [n for n in names if match(n)]
+            hits = list(dict.fromkeys(c for n, c in every_name if match(n)))  # a tied alias picks its canonical name
             if not hits:
                 raise GroupError(f"pattern {pat!r} for group {group!r} matches no parameter (e.g. {names[:3]})")
             for n in hits:
