@@ -58,6 +58,9 @@ def run_and_check(model, gs, schedule, opt_name, policy, steps=SPE * EPOCHS, bn_
         fz.step(clock)
         want = schedule.trainable(clock, gs.schedulable) | set(gs.always_trainable)
         assert fz.trainable == want
+        assert fz.optimizer is prev_opt  # every policy keeps the optimizer object (recreate resets it in place)
+        if policy == "recreate" and prev_trainable is not None and want != prev_trainable:
+            assert not fz.optimizer.state, "recreate: a switch must start from fresh optimizer state"
         frozen = [p for g in gs for p in g.param_names if g.name not in want]
         trainable = [p for g in gs for p in g.param_names if g.name in want]
         ever_trained |= set(trainable)
@@ -91,9 +94,7 @@ def run_and_check(model, gs, schedule, opt_name, policy, steps=SPE * EPOCHS, bn_
             if n in state_before:  # parked state must not move while frozen
                 for k, v in state_before[n].items():
                     assert torch.equal(fz.optimizer.state[p][k], v)
-        if policy == "recreate" and prev_trainable is not None and want != prev_trainable:
-            assert fz.optimizer is not prev_opt
-        prev_opt, prev_trainable = fz.optimizer, want
+        prev_trainable = want
     return fz
 
 

@@ -1,4 +1,4 @@
-"""The freezer: applies a schedule to a model and its optimizer, step by step.
+"""The freezer: applies a schedule to a model and its optimizer(s), step by step.
 
 Freezing is made *real* in three ways:
 
@@ -14,13 +14,31 @@ Freezing is made *real* in three ways:
 
   ``keep``      one optimizer over everything; frozen parameters simply have no gradient.
                 Cheapest and exact; their optimizer state stays allocated.
-  ``recreate``  a new optimizer over the trainable parameters at every switch, as seed 000
-                did. All optimizer state (Adam moments, momentum) is lost at each switch:
-                kept for reproducing that study, not recommended.
+  ``recreate``  seed 000's "new optimizer over the trainable parameters at every switch": all
+                optimizer state (Adam moments, momentum) is lost at each switch. Done *in
+                place* (frozen parameters leave ``param_groups``, the state is cleared), which
+                is bit-identical to building a new optimizer but keeps the object, so a host
+                trainer keeps stepping it and LR schedulers stay bound to it.
   ``remove``    Composer's way: frozen parameters leave ``param_groups`` but keep their
                 state, which is used again if they thaw.
   ``release``   BAdam's way: frozen parameters leave ``param_groups`` and their state is
                 deleted, freeing its memory; a thawed parameter starts with fresh state.
+
+The optimizer stays a plain torch optimizer under every policy: the freezer hooks its
+``state_dict()`` so that the saved state always lists the *full* parameter groups, exactly as
+a freshly built optimizer holds them, and ``load_state_dict()`` restores the trainable set. A
+checkpoint written by torch, Lightning or the Hugging Face Trainer in the middle of a
+schedule therefore loads into a freshly built optimizer and resumes bit for bit.
+
+What the freezer manages, and what it leaves alone:
+
+* Parameters in no group are *unmanaged*: their ``requires_grad`` stays as it is.
+* A parameter that was already frozen when the freezer was built (a PEFT base weight, a
+  backbone the user froze) stays frozen, unless its group was named explicitly
+  (``groups.pattern`` or ``include_frozen=True``): freezelab never thaws what the user froze.
+* Every parameter the schedule may make trainable must be stepped by the optimizer;
+  otherwise the freezer refuses to start (a "norm" phase that updates nothing is worse
+  than an error). ``missing="add"`` puts such parameters into the first param group.
 
 Optionally (``bn_stats="frozen"``) a normalisation layer whose parameters are all frozen
 is put in eval mode, so its running statistics stop moving too.
@@ -41,9 +59,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-from collections.abc import Iterator
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -52,24 +69,70 @@ from torch import nn
 from .groups import NORM_TYPES, GroupSet
 from .schedules import Clock, Schedule
 
-__all__ = ["Freezer", "POLICIES", "BN_STATS", "freeze"]
+__all__ = ["Freezer", "FreezerError", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
 
 POLICIES = ("keep", "recreate", "remove", "release")
 BN_STATS = ("train", "frozen")
+MISSING = ("error", "add")
+#: The key under which the trainable set travels inside ``optimizer.state_dict()``.
+STATE_KEY = "freezelab"
+
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
+
+
+class FreezerError(ValueError):
+    """A freezer that cannot do what it is asked; the message names the parameters and the fix."""
+
+
+# Parameters some freezer froze. A later freezer on the same model (the functional form
+# called twice, a second study on one model) may thaw these; everything else that is frozen
+# when a freezer is built was frozen by the user and stays frozen.
+_frozen_here: dict[int, weakref.ref] = {}
+# The freezer attached to each optimizer (one at a time: a new one takes over the hooks).
+_attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mark_frozen(p: torch.Tensor) -> None:
+    key = id(p)
+    _frozen_here[key] = weakref.ref(p, lambda _, key=key: _frozen_here.pop(key, None))
+
+
+def _frozen_by_freezelab(p: torch.Tensor) -> bool:
+    ref = _frozen_here.get(id(p))
+    return ref is not None and ref() is p
+
+
+def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a host's wrapper (accelerate's, Lightning's), or ``opt`` itself.
+
+    Wrappers delegate ``param_groups``, ``state`` and ``state_dict`` to the optimizer they
+    wrap, so the freezer must work on (and hook) that one.
+    """
+    seen = 0
+    while seen < 8:
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(opt, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
+            break
+        opt, seen = inner, seen + 1
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise FreezerError(f"expected a torch.optim.Optimizer, got {type(opt).__name__}; pass the optimizer that steps the model")
+    return opt
 
 
 def freeze(
     model: nn.Module,
     groups: GroupSet,
     trainable: set[str] | frozenset[str],
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Optimizers = None,
     policy: str = "keep",
 ) -> torch.optim.Optimizer | None:
     """Functional form: make exactly the groups in ``trainable`` (plus always-trainable ones) train.
 
-    Returns the optimizer to use from now on (a new one under ``recreate``). For schedules
-    over many steps use :class:`Freezer`, which also remembers the full parameter groups that
-    ``remove``/``release`` need to thaw parameters again.
+    Returns the optimizer (the same object under every policy). Calling it again on the
+    same model and optimizer takes over from the previous call, so groups it froze can thaw.
+    For schedules over many steps use :class:`Freezer`.
     """
     fz = Freezer(model, groups, _Fixed(frozenset(trainable)), optimizer, policy=policy)
     fz.apply(frozenset(trainable) | set(groups.always_trainable))
@@ -90,16 +153,60 @@ class _Fixed(Schedule):
     def validate(self, groups) -> None:
         bad = self.names - set(groups)
         if bad:
-            raise ValueError(f"unknown group(s) {sorted(bad)}; schedulable groups are {list(groups)}")
+            raise FreezerError(f"unknown group(s) {sorted(bad)}; schedulable groups are {list(groups)}")
+
+    def describe(self) -> str:
+        return f"fixed {sorted(self.names)}"
+
+
+class _OptimizerView:
+    """One optimizer as the freezer sees it: the full membership of each of its param groups.
+
+    ``remove``/``release``/``recreate`` narrow ``param_groups`` to the trainable parameters;
+    the full lists are what a thawed parameter returns to and what checkpoints record.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, previous: _OptimizerView | None) -> None:
+        self.opt = opt
+        if previous is not None and len(previous.full) == len(opt.param_groups):
+            self.full, self.full_names = previous.full, previous.full_names  # a narrowed optimizer
+        else:
+            self.full = [list(g["params"]) for g in opt.param_groups]
+            self.full_names = [list(g["param_names"]) if "param_names" in g else None for g in opt.param_groups]
+        self.handles: list[Any] = []
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.full for p in group]
+
+    def set_full(self) -> None:
+        for group, full, names in zip(self.opt.param_groups, self.full, self.full_names):
+            group["params"] = list(full)
+            if names is not None:
+                group["param_names"] = list(names)
+
+    def narrow(self) -> None:
+        """Only parameters that train stay in ``param_groups`` (names stay aligned with them)."""
+        for group, full, names in zip(self.opt.param_groups, self.full, self.full_names):
+            keep = [i for i, p in enumerate(full) if p.requires_grad]
+            group["params"] = [full[i] for i in keep]
+            if names is not None:
+                group["param_names"] = [names[i] for i in keep]
+
+    def drop_frozen_state(self) -> None:
+        for p in self.params():
+            if not p.requires_grad:
+                self.opt.state.pop(p, None)
 
 
 class Freezer:
     """Keeps a model's trainable set equal to what ``schedule`` says, step by step.
 
     Call :meth:`step` with the clock *before* each forward pass; it returns ``True`` when the
-    trainable set changed (callers that cache compiled steps per set use that). Use
-    :attr:`optimizer` rather than holding on to the optimizer you passed in: the
-    ``recreate`` policy replaces it.
+    trainable set changed (callers that cache compiled steps per set use that). The clock
+    counts *optimizer* steps, so a switch never falls inside a gradient-accumulation window.
+
+    ``optimizer`` is the optimizer that steps the model (or a list of them, or ``None`` for
+    ``keep`` when something else steps it); host wrappers are unwrapped.
     """
 
     def __init__(
@@ -107,37 +214,135 @@ class Freezer:
         model: nn.Module,
         groups: GroupSet,
         schedule: Schedule,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: Optimizers = None,
         *,
         policy: str = "keep",
         bn_stats: str = "train",
+        missing: str = "error",
     ) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
+            raise FreezerError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
         if bn_stats not in BN_STATS:
-            raise ValueError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
-        if policy != "keep" and optimizer is None:
-            raise ValueError(f"policy {policy!r} needs the optimizer; pass optimizer=...")
+            raise FreezerError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
+        if missing not in MISSING:
+            raise FreezerError(f"missing must be one of {list(MISSING)}, got {missing!r}")
+        optimizers = [] if optimizer is None else [optimizer] if not isinstance(optimizer, Sequence) else list(optimizer)
+        optimizers = [unwrap_optimizer(o) for o in optimizers]
+        if policy != "keep" and not optimizers:
+            raise FreezerError(f"policy {policy!r} needs the optimizer; pass optimizer=...")
         groups.validate_for(model)
         schedule.validate(groups.schedulable)
         self.model, self.groups, self.schedule = model, groups, schedule
         self.policy, self.bn_stats = policy, bn_stats
-        self.optimizer = optimizer
         self.trainable: frozenset[str] | None = None
         self.switches = 0
         self.trainable_numel = 0
-        named = dict(model.named_parameters())
-        self._params = {g.name: [named[p] for p in g.param_names] for g in groups}
+        self._params = self._managed_params(model, groups)
         self._total_numel = sum(p.numel() for p in model.parameters())
-        # The full membership of each optimizer param group, so `remove`/`release` can thaw.
-        self._full_groups = [list(g["params"]) for g in optimizer.param_groups] if optimizer else []
+        self._views = [_OptimizerView(o, _attached[o]._view_of(o) if o in _attached else None) for o in optimizers]
+        self._check_optimizers(missing)
+        self._lr_groups = self._lr_group_names() if self.scales_lr else None
+        for view in self._views:
+            self._attach(view)
         self._norms = [
             (m, list(m.parameters(recurse=False)))
             for m in model.modules()
             if isinstance(m, NORM_TYPES) and getattr(m, "track_running_stats", False)
         ]
 
+    # -- what is managed ---------------------------------------------------------------
+    @staticmethod
+    def _managed_params(model: nn.Module, groups: GroupSet) -> dict[str, list[nn.Parameter]]:
+        """Each group's parameters that the freezer may toggle: never one the user froze."""
+        named = dict(model.named_parameters())
+        out: dict[str, list[nn.Parameter]] = {}
+        for g in groups:
+            params = [named[p] for p in g.param_names]
+            if not getattr(g, "explicit", False):
+                params = [p for p in params if p.requires_grad or _frozen_by_freezelab(p)]
+            if not params:
+                raise FreezerError(
+                    f"group {g.name!r} holds only parameters that were frozen before the Freezer was built "
+                    "(requires_grad=False); freezelab never thaws what you froze. Drop the group, or name its "
+                    "parameters explicitly (groups.pattern, or include_frozen=True) to let the schedule train them"
+                )
+            out[g.name] = params
+        return out
+
+    def _check_optimizers(self, missing: str) -> None:
+        """Every parameter a schedule may make trainable must be stepped by an optimizer."""
+        if not self._views:
+            return
+        stepped = {id(p) for view in self._views for p in view.params()}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        absent = [p for params in self._params.values() for p in params if id(p) not in stepped]
+        if not absent:
+            return
+        if missing == "add":
+            view = self._views[0]
+            view.full[0].extend(absent)
+            if view.full_names[0] is not None:
+                view.full_names[0].extend(names[id(p)] for p in absent)
+            view.set_full()
+            return
+        shown = ", ".join(repr(names[id(p)]) for p in absent[:4]) + (", ..." if len(absent) > 4 else "")
+        raise FreezerError(
+            f"{len(absent)} parameter(s) the schedule may train are not in the optimizer ({shown}), so they would "
+            "never be updated (an optimizer built from requires_grad parameters only, or over another model?). "
+            "Build the optimizer over every parameter the groups hold, e.g. AdamW(model.parameters()), or pass "
+            "missing='add' to put them in its first param group"
+        )
+
+    def _lr_group_names(self) -> list[list[str | None]]:
+        """For each optimizer param group, the one freezelab group its managed parameters belong to.
+
+        A schedule that scales learning rates per group (FreezeOut's annealing) can only do so
+        through param groups, so each param group may hold one freezelab group's parameters.
+        """
+        owner = {id(p): name for name, params in self._params.items() for p in params}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        out = []
+        for view in self._views:
+            row = []
+            for full in view.full:
+                found = {owner[id(p)] for p in full if id(p) in owner}
+                if len(found) > 1:
+                    example = ", ".join(repr(names.get(id(p), "?")) for p in full[:3])
+                    raise FreezerError(
+                        f"{self.schedule.describe()} sets a learning rate per group, but one optimizer param group "
+                        f"({example}, ...) holds the groups {sorted(found)}; build the optimizer with one param group "
+                        "per freezelab group: freezelab.optim.param_groups_by_group(model, groups)"
+                    )
+                row.append(found.pop() if found else None)
+            out.append(row)
+        return out
+
     # -- the per-step entry point ----------------------------------------------------
+    @property
+    def scales_lr(self) -> bool:
+        """Whether the schedule also sets per-group learning-rate factors (FreezeOut's annealing)."""
+        return bool(getattr(self.schedule, "scales_lr", False))
+
+    def lr_factors(self, clock: Clock) -> list[list[float]]:
+        """The learning-rate factor of every param group of every optimizer at ``clock`` (1.0 if unscaled).
+
+        The loop multiplies each param group's base learning rate by its factor before the
+        optimizer step: ``group["lr"] = lr_at(step) * factor``.
+        """
+        if self._lr_groups is None:
+            return [[1.0] * len(view.full) for view in self._views]
+        factors = self.schedule.lr_factors(clock, self.groups.schedulable)
+        return [[float(factors.get(name, 1.0)) if name is not None else 1.0 for name in row] for row in self._lr_groups]
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [view.opt for view in self._views]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The (first) optimizer; the same object under every policy."""
+        return self._views[0].opt if self._views else None
+
     def wanted(self, clock: Clock) -> frozenset[str]:
         """The groups that should train at ``clock``: the schedule's answer plus always-trainable ones."""
         return self.schedule.trainable(clock, self.groups.schedulable) | set(self.groups.always_trainable)
@@ -148,68 +353,115 @@ class Freezer:
         changed = names != self.trainable
         if changed:
             self.apply(names)
+            if self.trainable_numel == 0:
+                raise FreezerError(
+                    f"at step {clock.step} the schedule ({self.schedule.describe()}) leaves nothing in the model "
+                    f"trainable; keep at least one group training (groups: {list(self.groups.names)})"
+                )
         if self.bn_stats == "frozen":
             self._update_norm_modes()
         return changed
 
     def apply(self, names: frozenset[str]) -> None:
-        """Make exactly the groups ``names`` trainable and bring the optimizer in line."""
+        """Make exactly the groups ``names`` trainable and bring the optimizer(s) in line."""
+        first = self.trainable is None
+        self._set_flags(names)
+        if not first and frozenset(names) != self.trainable:
+            self.switches += 1
+        previous, self.trainable = self.trainable, frozenset(names)
+        for view in self._views:
+            self._sync(view, reset=not first and previous != self.trainable)
+
+    def _set_flags(self, names: frozenset[str]) -> None:
         for group, params in self._params.items():
             on = group in names
             for p in params:
                 p.requires_grad_(on)
                 if not on:
                     p.grad = None
-        if self.trainable is not None:
-            self.switches += 1
-        self.trainable = frozenset(names)
+                    _mark_frozen(p)
         self.trainable_numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        if self.optimizer is not None:
-            self._sync_optimizer()
 
     # -- optimizer policies -------------------------------------------------------------
-    def _sync_optimizer(self) -> None:
-        opt = self.optimizer
-        assert opt is not None
+    def _sync(self, view: _OptimizerView, reset: bool) -> None:
+        """Bring one optimizer in line with the current flags (``reset``: a real switch happened)."""
         if self.policy == "keep":
             return
-        if self.policy == "recreate":
-            hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-            new_groups = [
-                {**h, "params": [p for p in full if p.requires_grad]} for h, full in zip(hyper, self._full_groups)
-            ]
-            new_groups = [g for g in new_groups if g["params"]]
-            if not new_groups:
-                raise ValueError("policy 'recreate' cannot build an optimizer with nothing trainable; use 'keep'")
-            self.optimizer = type(opt)(new_groups, **_ctor_defaults(opt))
-            return
-        for group, full in zip(opt.param_groups, self._full_groups):
-            group["params"] = [p for p in full if p.requires_grad]
-        if self.policy == "release":
-            self._release_frozen_state()
+        view.narrow()
+        if self.policy == "recreate" and reset:
+            view.opt.state.clear()  # what a new optimizer over the trainable parameters starts with
+        elif self.policy == "release":
+            view.drop_frozen_state()
 
-    def _release_frozen_state(self) -> None:
-        assert self.optimizer is not None
-        for full in self._full_groups:
-            for p in full:
-                if not p.requires_grad:
-                    self.optimizer.state.pop(p, None)
+    def _view_of(self, opt: torch.optim.Optimizer) -> _OptimizerView | None:
+        return next((v for v in self._views if v.opt is opt), None)
 
-    @contextlib.contextmanager
-    def full_param_groups(self) -> Iterator[torch.optim.Optimizer]:
-        """Temporarily put every parameter back into ``param_groups`` (for state_dict round trips)."""
-        opt = self.optimizer
-        if opt is None or self.policy not in ("remove", "release"):
-            yield opt  # type: ignore[misc]
-            return
-        current = [g["params"] for g in opt.param_groups]
-        for group, full in zip(opt.param_groups, self._full_groups):
-            group["params"] = list(full)
-        try:
-            yield opt
-        finally:
-            for group, params in zip(opt.param_groups, current):
-                group["params"] = params
+    def _attach(self, view: _OptimizerView) -> None:
+        """Hook the optimizer's state_dict/load_state_dict (replacing an earlier freezer's hooks)."""
+        previous = _attached.get(view.opt)
+        if previous is not None:
+            old = previous._view_of(view.opt)
+            for handle in old.handles if old else ():
+                handle.remove()
+        opt, me = view.opt, weakref.ref(self)
+
+        def before_save(_opt):
+            if me() is not None:
+                view.set_full()
+
+        def after_save(_opt, state):
+            fz = me()
+            if fz is None:
+                return None
+            fz._sync_groups(view)
+            state[STATE_KEY] = {"trainable": sorted(fz.trainable) if fz.trainable is not None else None,
+                                "switches": fz.switches, "policy": fz.policy}
+            return state
+
+        def before_load(_opt, state):
+            fz = me()
+            saved = state.pop(STATE_KEY, None)
+            if fz is None:
+                return state
+            if saved is not None and saved.get("trainable") is not None:
+                fz._set_flags(frozenset(saved["trainable"]))
+                fz.trainable, fz.switches = frozenset(saved["trainable"]), int(saved.get("switches", 0))
+            saved_sizes = [len(g["params"]) for g in state["param_groups"]]
+            if saved_sizes == [len(f) for f in view.full]:
+                view.set_full()  # a full-membership state: what freezelab writes, and a fresh optimizer's
+            return state
+
+        def after_load(_opt):
+            fz = me()
+            if fz is not None:
+                fz._sync_groups(view)
+                if fz.policy == "release":
+                    view.drop_frozen_state()
+
+        view.handles = [
+            opt.register_state_dict_pre_hook(before_save),
+            opt.register_state_dict_post_hook(after_save),
+            opt.register_load_state_dict_pre_hook(before_load),
+            opt.register_load_state_dict_post_hook(after_load),
+        ]
+        _attached[opt] = self
+
+    def _sync_groups(self, view: _OptimizerView) -> None:
+        """Param-group membership as the policy says for the current flags (no state change)."""
+        if self.policy == "keep" or self.trainable is None:
+            view.set_full()
+        else:
+            view.narrow()
+
+    def detach(self) -> None:
+        """Give the optimizers back as plain optimizers: full param groups, no hooks."""
+        for view in self._views:
+            for handle in view.handles:
+                handle.remove()
+            view.handles = []
+            view.set_full()
+            if _attached.get(view.opt) is self:
+                del _attached[view.opt]
 
     # -- norm statistics --------------------------------------------------------------
     def _update_norm_modes(self) -> None:
@@ -222,30 +474,22 @@ class Freezer:
         """Trainable parameters over all parameters of the model."""
         return self.trainable_numel / self._total_numel if self._total_numel else 0.0
 
-    def describe(self) -> str:
-        return f"{self.schedule.describe()}; groups {self.groups.describe()}; optimizer policy {self.policy}"
-
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The trainable set and the optimizer's state, including state parked by ``remove``."""
-        state: dict[str, Any] = {"trainable": sorted(self.trainable or ()), "switches": self.switches}
-        if self.optimizer is not None:
-            with self.full_param_groups() as opt:
-                state["optimizer"] = opt.state_dict()
-        return state
+        """The trainable set, the switch count and the optimizers' (torch-native) state."""
+        return {
+            "trainable": sorted(self.trainable) if self.trainable is not None else None,
+            "switches": self.switches,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (on a freshly built model and optimizer)."""
-        self.apply(frozenset(state["trainable"]))
+        if state.get("trainable") is not None:
+            self.apply(frozenset(state["trainable"]))
         self.switches = state.get("switches", 0)
-        if self.optimizer is not None and "optimizer" in state:
-            with self.full_param_groups() as opt:
-                opt.load_state_dict(state["optimizer"])
-            if self.policy == "release":
-                self._release_frozen_state()
-
-
-def _ctor_defaults(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """The constructor keywords an optimizer was built with (``defaults`` minus derived keys)."""
-    accepted = set(inspect.signature(type(opt).__init__).parameters)
-    return {k: v for k, v in opt.defaults.items() if k in accepted and k != "params"}
+        saved = state.get("optimizers", [state["optimizer"]] if "optimizer" in state else [])
+        if len(saved) != len(self._views):
+            raise FreezerError(f"the checkpoint holds {len(saved)} optimizer state(s), this freezer has {len(self._views)}")
+        for opt, opt_state in zip(self.optimizers, saved):
+            opt.load_state_dict(opt_state)
