@@ -163,21 +163,21 @@ def test_freezeout_times_and_boundaries():
 
     # Without annealing: frozen from the first step at or past t_0. With it (the reference's
     # rule): the step at exactly t_0 * total is still taken, with learning rate 0.
-    assert first_frozen(FreezeOut(t0=0.5, anneal=False)) == math.ceil(0.5 * total)
-    assert first_frozen(FreezeOut(t0=0.5)) == 0.5 * total + 1
-    for s in (FreezeOut(t0=0.5), FreezeOut(t0=0.5, anneal=False)):
+    assert first_frozen(FreezeOut(t0=0.5)) == math.ceil(0.5 * total)
+    assert first_frozen(FreezeOut(t0=0.5, anneal=True)) == 0.5 * total + 1
+    for s in (FreezeOut(t0=0.5), FreezeOut(t0=0.5, anneal=True)):
         assert all("l4" not in s.frozen(at(i), LAYERS) for i in range(total))
     with pytest.raises(ScheduleError, match="scaling"):
         FreezeOut(scaling="quartic")
     with pytest.raises(ScheduleError, match="needs anneal"):
-        FreezeOut(anneal=False, scale_lr=True)
+        FreezeOut(scale_lr=True)
 
 
 def test_freezeout_lr_factors_are_a_cosine_to_zero_at_each_stop_time():
     total = SPE * EPOCHS
-    s = FreezeOut(t0=0.5)
-    assert s.scales_lr and not FreezeOut(anneal=False).scales_lr
-    assert FreezeOut(anneal=False).lr_factors(at(5), LAYERS) == {}
+    s = FreezeOut(t0=0.5, anneal=True)
+    assert s.scales_lr and not FreezeOut().scales_lr
+    assert FreezeOut().lr_factors(at(5), LAYERS) == {}
     assert s.lr_factors(at(0), LAYERS) == {g: 1.0 for g in LAYERS}
     half = s.lr_factors(at(15), LAYERS)["l0"]  # a quarter of the way to l0's stop at step 30
     assert half == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
@@ -185,12 +185,12 @@ def test_freezeout_lr_factors_are_a_cosine_to_zero_at_each_stop_time():
     assert s.lr_factors(at(31), LAYERS)["l0"] == 0.0 and "l0" not in s.trainable(at(31), LAYERS)
     last = [s.lr_factors(at(i), LAYERS)["l4"] for i in range(total)]
     assert last == sorted(last, reverse=True) and 0 < last[-1] < 0.01  # the last layer anneals too
-    scaled = FreezeOut(t0=0.5, scale_lr=True).lr_factors(at(0), LAYERS)
+    scaled = FreezeOut(t0=0.5, anneal=True, scale_lr=True).lr_factors(at(0), LAYERS)
     assert scaled == pytest.approx({g: 1 / t for g, t in zip(LAYERS, freezeout_times(5, 0.5, "linear"))})
 
 
 def test_composites_pass_lr_factors_through_on_their_own_clocks():
-    fo = FreezeOut(t0=0.5)
+    fo = FreezeOut(t0=0.5, anneal=True)
     warm = Warmup(("l4",), 6, fo)
     assert warm.scales_lr and not Warmup(("l4",), 6).scales_lr
     assert warm.lr_factors(at(3), LAYERS) == {}
@@ -199,9 +199,10 @@ def test_composites_pass_lr_factors_through_on_their_own_clocks():
     chain = Chain(((Standard(), 1, "epoch"), (fo, None, "batch")))
     assert chain.scales_lr and chain.lr_factors(at(5), LAYERS) == {}
     assert chain.lr_factors(at(25), LAYERS) == fo.lr_factors(at(25).shifted(SPE), LAYERS)
-    both = Intersect((fo, FreezeOut(t0=0.2, groups=("l0", "l1"))))
+    other = FreezeOut(t0=0.2, groups=("l0", "l1"), anneal=True)
+    both = Intersect((fo, other))
     assert both.scales_lr and not Intersect((Standard(), Alternate())).scales_lr
-    a, b = fo.lr_factors(at(7), LAYERS), FreezeOut(t0=0.2, groups=("l0", "l1")).lr_factors(at(7), LAYERS)
+    a, b = fo.lr_factors(at(7), LAYERS), other.lr_factors(at(7), LAYERS)
     assert both.lr_factors(at(7), LAYERS) == {g: a[g] * b.get(g, 1.0) for g in LAYERS}
 
 
@@ -301,7 +302,7 @@ ALL = [
     Alternate(unit="batch", every=7, first="second"),
     Warmup(("first",), 3, Alternate(unit="epoch")),
     Progressive(0.2, 0.9, unit="batch"),
-    FreezeOut(0.3, "squared", scale_lr=True),
+    FreezeOut(0.3, "squared", anneal=True, scale_lr=True),
     BlockCycle(every=5, order="random", seed=2, first_every=4, rng="torch", others="freeze"),
     BlockCycle(every=3, order="fixed", start=1),
     RandomLayers(k=1, every=3, seed=4, rng="numpy_legacy"),

@@ -93,7 +93,8 @@ class FreezeOut(Schedule):
     ``scaling`` is ``linear``, ``squared`` or ``cubic`` (the paper's variants; cubic freezes
     early layers sooner).
 
-    ``anneal=True`` (the paper's method) gives each group a cosine learning-rate factor
+    ``anneal=True`` (the paper's method; off by default so that existing runs and
+    single-param-group optimizers keep working) gives each group a cosine learning-rate factor
     ``0.5 * (1 + cos(pi * step / (t_i * total_steps)))`` through :meth:`lr_factors`, which
     reaches 0 at the group's stop step; ``scale_lr=True`` divides it by ``t_i`` so that layers
     that stop early start faster (the reference's ``scale_lr``). The boundary is the
@@ -108,7 +109,7 @@ class FreezeOut(Schedule):
     t0: float = 0.5
     scaling: str = "linear"
     groups: tuple[str, ...] | None = None
-    anneal: bool = True
+    anneal: bool = False
     scale_lr: bool = False
 
     def __post_init__(self) -> None:
