@@ -18,7 +18,7 @@ from freezelab import groups
 from freezelab.freezer import Freezer
 from freezelab.groups import GroupSet
 from freezelab.optim import param_groups_by_group
-from freezelab.schedules import BlockCycle, Clock, FreezeOut, ScheduleError
+from freezelab.schedules import BlockCycle, Clock, FreezeOut, RandomLayers, ScheduleError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "references"
 sys.path.insert(0, str(FIXTURES))
@@ -124,8 +124,10 @@ def _badam_model() -> tuple[TinyLM, GroupSet]:
     return model, groups.pattern(model, {b: f"{b}.*" for b in BLOCKS}, rest="rest")
 
 
-def _params_of(gs: GroupSet, names) -> list[str]:
-    return [p for g in gs for p in g.param_names if g.name in names]
+def _params_of(model: torch.nn.Module, gs: GroupSet, names) -> list[str]:
+    """The parameters of groups ``names``, in the model's order (the order the fixtures list them)."""
+    member = {p for g in gs if g.name in names for p in g.param_names}
+    return [n for n, _ in model.named_parameters() if n in member]
 
 
 @pytest.mark.parametrize("run", BADAM_RUNS, ids=lambda r: "-".join(f"{v}" for v in r["setting"].values()))
@@ -137,7 +139,7 @@ def test_badam_trainable_parameters_per_step(run):
     steps = run["setting"]["steps"]
     for step, ref in enumerate(run["trainable"]):
         got = schedule.trainable(Clock.at(step, steps, 1), gs.schedulable)
-        assert _params_of(gs, got) == ref, f"step {step}"
+        assert _params_of(model, gs, got) == ref, f"step {step}"
 
 
 def test_badam_refusals_are_schedule_errors_here():
@@ -190,3 +192,68 @@ def test_badam_fixed_mode_differs_only_by_its_state_resets():
     resets = [s for s, names in enumerate(run["with_state"]) if s > 0 and not names]
     differ = [s for s, (a, b) in enumerate(zip(with_state, run["with_state"])) if a != b]
     assert resets and differ == resets
+
+
+# -- LISA (OptimalScale/LMFlow, DynamicLayerActivationCallback) --------------------------------------
+LMFLOW = load("lmflow")
+
+
+def _lisa_model(setting: dict) -> tuple[torch.nn.Module, GroupSet, tuple[str, ...]]:
+    """The reference's tiny transformers model, grouped as LISA's unit: one group per whole block."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    n = setting["layers"]
+    if setting["model"] == "gpt2":
+        config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=n, n_head=2)
+        model, prefix = transformers.GPT2LMHeadModel(config), "transformer.h"
+    else:
+        config = transformers.LlamaConfig(
+            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=n,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
+        )  # fmt: skip
+        model, prefix = transformers.LlamaForCausalLM(config), "model.layers"
+    blocks = tuple(f"block{i}" for i in range(n))
+    gs = groups.pattern(model, {b: f"{prefix}.{i}.*" for i, b in enumerate(blocks)}, rest="embeddings_and_head")
+    return model, gs, blocks
+
+
+def _lisa_schedule(setting: dict, blocks: tuple[str, ...]) -> RandomLayers:
+    return RandomLayers(
+        k=setting["n_layers"], every=setting["interval_steps"], groups=blocks, seed=setting["seed"], rng="numpy_legacy"
+    )
+
+
+@pytest.mark.parametrize("run", LMFLOW["switches"], ids=lambda r: "{model}-{layers}-k{n_layers}-K{interval_steps}".format(**r["setting"]))
+def test_lisa_active_blocks_per_step_match_lmflow(run):
+    setting = run["setting"]
+    model, gs, blocks = _lisa_model(setting)
+    schedule = _lisa_schedule(setting, blocks)
+    for step in range(setting["steps"]):
+        got = schedule.trainable(Clock.at(step, setting["steps"], 1), gs.schedulable)
+        assert got & set(blocks) == {blocks[i] for i in run["active"][step]}, f"step {step}"
+        assert _params_of(model, gs, got) == run["trainable"][step], f"step {step}"
+        assert "embeddings_and_head" in got  # LISA never touches the embedding, final norm or head
+
+
+def test_lisa_inside_the_hf_trainer_keeps_optimizer_state_like_policy_keep():
+    """The real HF Trainer + LMFlow's callback against Freezer(policy="keep") on the same model and data."""
+    run = LMFLOW["trainer"]
+    setting = run["setting"]
+    model, gs, blocks = _lisa_model(setting)
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=setting["lr"])
+    fz = Freezer(model, gs, _lisa_schedule(setting, blocks), opt, policy="keep")
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 16, (2 * setting["steps"], 6), generator=gen)
+    trainable, with_state = [], []
+    for step in range(setting["steps"]):
+        fz.step(Clock.at(step, setting["steps"], 1))
+        trainable.append([n for n, p in model.named_parameters() if p.requires_grad])
+        batch = ids[2 * step : 2 * step + 2]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        with_state.append(sorted(names[id(p)] for p, s in opt.state.items() if s))
+    assert trainable == run["trainable"]
+    assert with_state == run["with_state"]
+    assert len(with_state[-1]) > len(with_state[0])  # state of blocks drawn earlier is kept
