@@ -7,6 +7,7 @@ each fixture). These tests need only the fixtures, never the reference code.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -18,11 +19,11 @@ from freezelab import groups
 from freezelab.freezer import Freezer
 from freezelab.groups import GroupSet
 from freezelab.optim import param_groups_by_group
-from freezelab.schedules import BlockCycle, Clock, FreezeOut, RandomLayers, ScheduleError
+from freezelab.schedules import BlockCycle, Clock, FreezeOut, Progressive, RandomLayers, ScheduleError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "references"
 sys.path.insert(0, str(FIXTURES))
-from tiny_models import TinyLM, lm_batches, lm_loss, load_weights  # noqa: E402 - the fixtures' models
+from tiny_models import OutOfOrderMLP, TinyLM, lm_batches, lm_loss, load_weights  # noqa: E402 - the fixtures' models
 
 
 def load(name: str) -> dict:
@@ -257,3 +258,67 @@ def test_lisa_inside_the_hf_trainer_keeps_optimizer_state_like_policy_keep():
     assert trainable == run["trainable"]
     assert with_state == run["with_state"]
     assert len(with_state[-1]) > len(with_state[0])  # state of blocks drawn earlier is kept
+
+
+# -- Composer (mosaicml/composer, freeze_layers) ----------------------------------------------------
+COMPOSER = load("composer")
+STEPS_PER_EPOCH = 3
+
+
+def _composer_family(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if family == "resnet18":
+        torchvision = pytest.importorskip("torchvision")
+        return torchvision.models.resnet18(num_classes=10)
+    if family == "tv_vit":
+        vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
+        return vision_transformer.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+        )
+    if family == "timm_vit":
+        timm_vit = pytest.importorskip("timm.models.vision_transformer")
+        return timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    return OutOfOrderMLP()
+
+
+def _composer_clock(case: dict) -> Clock:
+    """Composer's call after epoch e (duration (e+1)/E) is freezelab's clock at the first step of epoch e+1."""
+    epoch = round(case["current_duration"] * COMPOSER["epochs"])
+    clock = Clock.at(epoch * STEPS_PER_EPOCH, STEPS_PER_EPOCH, COMPOSER["epochs"])
+    assert clock.epoch_progress == case["current_duration"]
+    return clock
+
+
+@pytest.mark.parametrize("family", list(COMPOSER["families"]))
+def test_progressive_with_definition_order_freezes_what_composer_freezes(family):
+    """groups.layers(order=definition, nonleaf=skip) + Progressive + Freezer(remove) == freeze_layers."""
+    ref = COMPOSER["families"][family]
+    template = _composer_family(family)
+    assert [n for n, _ in template.named_parameters()] == ref["params"]
+    by_setting: dict[tuple[float, float], list[dict]] = {}
+    for case in ref["cases"]:
+        by_setting.setdefault((case["freeze_start"], case["freeze_level"]), []).append(case)
+    for (start, level), cases in by_setting.items():
+        model = copy.deepcopy(template)
+        gs = groups.layers(model, order="definition", nonleaf="skip")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        fz = Freezer(model, gs, Progressive(freeze_start=start, freeze_level=level, unit="epoch"), opt, policy="remove")
+        for case in sorted(cases, key=lambda c: c["current_duration"]):
+            fz.step(_composer_clock(case))
+            params = list(model.named_parameters())
+            in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+            where = f"{family} start={start} level={level} duration={case['current_duration']}"
+            assert [i for i, (_, p) in enumerate(params) if not p.requires_grad] == case["frozen"], where
+            assert [i for i, (_, p) in enumerate(params) if id(p) not in in_opt] == case["removed"], where
+
+
+def test_default_forward_order_deliberately_differs_from_composer_on_an_out_of_order_model():
+    """Composer freezes the MLP's `out` layer first because it is declared first; freezelab's default
+    (forward order, with an example input) freezes `inp`, the layer that runs first."""
+    ref = COMPOSER["families"]["out_of_order_mlp"]
+    first = next(c for c in ref["cases"] if c["freeze_depth"] == 1)
+    assert [ref["params"][i] for i in first["frozen"]] == ["out.weight", "out.bias"]
+    model = OutOfOrderMLP()
+    forward = groups.layers(model, example_input=torch.zeros(2, 6))
+    definition = groups.layers(model, order="definition", nonleaf="skip")
+    assert forward.schedulable[0] == "inp" and definition.schedulable[0] == "out"
