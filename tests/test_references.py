@@ -23,7 +23,17 @@ from freezelab.schedules import BlockCycle, Clock, FreezeOut, Progressive, Rando
 
 FIXTURES = Path(__file__).parent / "fixtures" / "references"
 sys.path.insert(0, str(FIXTURES))
-from tiny_models import OutOfOrderMLP, TinyLM, lm_batches, lm_loss, load_weights  # noqa: E402 - the fixtures' models
+from tiny_models import (  # noqa: E402 - the fixtures' models
+    NEEDS,
+    OutOfOrderMLP,
+    TinyLM,
+    composer_family,
+    lisa_model,
+    lisa_token_ids,
+    lm_batches,
+    lm_loss,
+    load_weights,
+)
 
 
 def load(name: str) -> dict:
@@ -201,19 +211,9 @@ LMFLOW = load("lmflow")
 
 def _lisa_model(setting: dict) -> tuple[torch.nn.Module, GroupSet, tuple[str, ...]]:
     """The reference's tiny transformers model, grouped as LISA's unit: one group per whole block."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    n = setting["layers"]
-    if setting["model"] == "gpt2":
-        config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=n, n_head=2)
-        model, prefix = transformers.GPT2LMHeadModel(config), "transformer.h"
-    else:
-        config = transformers.LlamaConfig(
-            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=n,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
-        )  # fmt: skip
-        model, prefix = transformers.LlamaForCausalLM(config), "model.layers"
-    blocks = tuple(f"block{i}" for i in range(n))
+    pytest.importorskip(NEEDS[setting["model"]])
+    model, prefix = lisa_model(setting["model"], setting["layers"])
+    blocks = tuple(f"block{i}" for i in range(setting["layers"]))
     gs = groups.pattern(model, {b: f"{prefix}.{i}.*" for i, b in enumerate(blocks)}, rest="embeddings_and_head")
     return model, gs, blocks
 
@@ -244,8 +244,7 @@ def test_lisa_inside_the_hf_trainer_keeps_optimizer_state_like_policy_keep():
     names = {id(p): n for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=setting["lr"])
     fz = Freezer(model, gs, _lisa_schedule(setting, blocks), opt, policy="keep")
-    gen = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, 16, (2 * setting["steps"], 6), generator=gen)
+    ids = lisa_token_ids(setting["steps"])
     trainable, with_state = [], []
     for step in range(setting["steps"]):
         fz.step(Clock.at(step, setting["steps"], 1))
@@ -266,19 +265,9 @@ STEPS_PER_EPOCH = 3
 
 
 def _composer_family(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if family == "resnet18":
-        torchvision = pytest.importorskip("torchvision")
-        return torchvision.models.resnet18(num_classes=10)
-    if family == "tv_vit":
-        vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
-        return vision_transformer.VisionTransformer(
-            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
-        )
-    if family == "timm_vit":
-        timm_vit = pytest.importorskip("timm.models.vision_transformer")
-        return timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-    return OutOfOrderMLP()
+    if family in NEEDS:
+        pytest.importorskip(NEEDS[family])
+    return composer_family(family)
 
 
 def _composer_clock(case: dict) -> Clock:

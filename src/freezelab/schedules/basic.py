@@ -31,7 +31,10 @@ def _span(n: int, unit: str) -> str:
 @register_schedule
 @dataclass(frozen=True)
 class Standard(Schedule):
-    """Nothing frozen: every group trains at every step (the baseline)."""
+    """Nothing frozen: every group trains at every step (the baseline).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "standard"
 
@@ -45,7 +48,10 @@ class Standard(Schedule):
 @register_schedule
 @dataclass(frozen=True)
 class Freeze(Schedule):
-    """The named groups stay frozen for the whole run (linear probing, frozen backbone)."""
+    """The named groups stay frozen for the whole run (linear probing, frozen backbone).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "freeze"
     groups: tuple[str, ...] = ()
@@ -73,6 +79,7 @@ class Alternate(Schedule):
     ``Alternate(unit="batch")``; seed 002's LoRA-first K=50 is
     ``Alternate(("norm", "lora"), every=50, unit="batch")`` (LoRA frozen first, so Norm trains
     first). ``first`` picks which group trains in the first period.
+    Method card: docs/methods/alternate.md.
     """
 
     name = "alternate"
@@ -117,6 +124,7 @@ class Warmup(Schedule):
 
     Seed 002's "warm-up LoRA 200" is ``Warmup(("lora",), 200)``: Norm and head adapt first.
     ``then`` sees a clock that starts at the end of the warm-up (epoch boundaries unchanged).
+    Method card: docs/methods/warmup.md.
     """
 
     name = "warmup"
@@ -159,7 +167,7 @@ class Chain(Schedule):
     """Run schedules one after another: ``phases`` is a list of ``(schedule, length, unit)``.
 
     The last phase's length may be ``None`` (until the end). Each phase sees a clock that
-    starts at its own beginning.
+    starts at its own beginning. Method card: docs/methods/warmup.md.
 
     >>> Chain(((Freeze(("first",)), 2, "epoch"), (Standard(), None, "epoch"))).describe()
     'freeze first for 2 epochs -> standard (nothing frozen)'
@@ -222,7 +230,10 @@ class Chain(Schedule):
 @register_schedule
 @dataclass(frozen=True)
 class Intersect(Schedule):
-    """A group trains only when every one of ``schedules`` lets it (e.g. progressive + alternate)."""
+    """A group trains only when every one of ``schedules`` lets it (e.g. progressive + alternate).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "intersect"
     nested = ("schedules",)

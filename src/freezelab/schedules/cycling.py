@@ -84,6 +84,7 @@ class BlockCycle(Schedule):
     ``max(every - 1, 1)`` steps), ``rng="torch"`` (its ``torch.randperm`` sequence, blocks taken
     from the end of each permutation) and ``others="freeze"`` (parameters outside the blocks are
     frozen, as with its default ``include_embedding=False, include_lm_head=False``).
+    Method card: docs/methods/block_cycle.md.
     """
 
     name = "block_cycle"
@@ -156,7 +157,8 @@ class RandomLayers(Schedule):
 
     LISA keeps the embedding and head always trainable: mark those groups
     ``always_trainable`` (or leave them out of ``groups``) so they are not among the ones drawn.
-    ``rng="numpy_legacy"`` replays LMFlow's draws exactly (docs/methods/random_layers.md).
+    ``rng="numpy_legacy"`` replays LMFlow's draws exactly. Method card:
+    docs/methods/random_layers.md.
     """
 
     name = "random_layers"

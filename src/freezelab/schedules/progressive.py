@@ -40,7 +40,9 @@ class Progressive(Schedule):
 
     With ``L`` groups, ``int(fraction * (L - 1))`` of the first ``L - 1`` are frozen, where
     ``fraction`` is :func:`composer_freeze_fraction` of the elapsed training. Use
-    ``freezelab.groups.layers`` to act on single layers as Composer does.
+    ``freezelab.groups.layers(model, order="definition", nonleaf="skip")`` to act on exactly
+    Composer's layers. Method card (with the check against Composer's own code):
+    docs/methods/progressive.md.
     """
 
     name = "progressive"
