@@ -361,7 +361,21 @@ def test_alternate_property_exactly_one_half(every, unit, first, step):
     step=st.integers(0, SPE * EPOCHS - 1),
 )
 def test_layer_schedules_property(start, level, t0, k, every, step):
-    for s in (Progressive(start, level, unit="batch"), FreezeOut(t0), BlockCycle(every=every), RandomLayers(k, every)):
+    layer_schedules = (
+        Progressive(start, level, unit="batch"),
+        FreezeOut(t0),
+        FreezeOut(t0, anneal=True, scale_lr=True),
+        BlockCycle(every=every),
+        BlockCycle(every=every, first_every=max(every - 1, 1), order="random", rng="torch"),
+        RandomLayers(k, every),
+        RandomLayers(k, every, rng="numpy_legacy"),
+    )
+    for s in layer_schedules:
         got = s.trainable(at(step), LAYERS)
         assert got <= set(LAYERS) and got  # never freezes everything
         assert schedule_from_dict(s.to_dict()) == s
+        factors = s.lr_factors(at(step), LAYERS)
+        assert bool(factors) == s.scales_lr
+        if s.scales_lr:
+            assert all(factors[g] == 0.0 for g in set(LAYERS) - got)  # a frozen group has no rate
+        assert all(0.0 <= f <= 1 / t0**3 + 1e-9 for f in factors.values())
