@@ -40,7 +40,7 @@ CLASSES = 10
 IMAGE = (3, 32, 32)
 VIT = dict(patch=8, depth=2, heads=2, dim=32, mlp=64)
 LM = dict(vocab=64, length=12, dim=16, layers=2, heads=2)
-MLP_SIZES = (6, 16, 16, 3)
+MLP_SIZES = (6, 16, 16, 16, 3)  # four Linear layers at indices 0, 2, 4, 6 (ReLU between)
 
 
 @dataclass
@@ -81,19 +81,24 @@ def _classification(
 
 
 def _mlp() -> nn.Sequential:
-    i, h1, h2, o = MLP_SIZES
-    return nn.Sequential(nn.Linear(i, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, o))
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(MLP_SIZES, MLP_SIZES[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+_MLP_UNITS = tuple(str(2 * i) for i in range(len(MLP_SIZES) - 1))
 
 
 def mlp(seed: int = 0) -> Family:
-    return _classification("mlp", _seeded(_mlp, seed), MLP_SIZES[:1], MLP_SIZES[-1], "4", ("0", "2", "4"))
+    return _classification("mlp", _seeded(_mlp, seed), MLP_SIZES[:1], MLP_SIZES[-1], _MLP_UNITS[-1], _MLP_UNITS)
 
 
 def prefrozen(seed: int = 0) -> Family:
     model = _seeded(_mlp, seed)
     model[0].requires_grad_(False)
     return _classification(
-        "prefrozen", model, MLP_SIZES[:1], MLP_SIZES[-1], "4", ("2", "4"), frozen=("0.weight", "0.bias"),
+        "prefrozen", model, MLP_SIZES[:1], MLP_SIZES[-1], _MLP_UNITS[-1], _MLP_UNITS[1:], frozen=("0.weight", "0.bias"),
         notes="layer 0 frozen before any group or freezer exists",
     )  # fmt: skip
 

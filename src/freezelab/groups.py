@@ -66,14 +66,16 @@ it unmanaged, so no schedule can thaw it. ``include_frozen=True`` puts such para
 groups anyway and marks those groups ``explicit``; :func:`pattern` groups are always explicit,
 because their patterns name the parameters. Only explicit groups may thaw a parameter.
 
-**The head** is the deepest parameter-owning module whose forward output *is* the model's
+**The head** is the deepest parameter-owning submodule whose forward output *is* the model's
 output (tensor identity; a Hugging Face ``ModelOutput`` contributes ``.logits``, tuples and
-dicts their first tensor), found in the same trace. That excludes modules that never ran, such
-as PEFT's ``ModulesToSaveWrapper.original_module`` (a frozen copy of the head kept beside the
-trained one). If no module's output is the model's output, the last unit in forward order is
-the head; without ``example_input``, the last parameter-owning module in definition order that
-is not such an untraced copy. ``head=True`` in :func:`depth`/:func:`layers` and the ``head``
-kind of :func:`kind` use it; ``head="name"`` names it yourself. :func:`find_head` shows it.
+dicts their first tensor), found in the same trace. Identity, not "the last module declared",
+because declaration order lies and because a module that never ran cannot have produced the
+output: that excludes PEFT's ``ModulesToSaveWrapper.original_module`` (a frozen copy of the
+head kept beside the trained ``modules_to_save.default``). If no submodule's output is the
+model's output (``return self.fc(x).softmax(-1)``), the head is the last unit to run; without
+``example_input``, the last parameter-owning module in definition order that is not such an
+untraced copy. ``head=True`` in :func:`depth`/:func:`layers` and the ``head`` kind of
+:func:`kind` use it; ``head="name"`` names it yourself; :func:`find_head` shows it.
 """
 
 from __future__ import annotations
@@ -106,7 +108,28 @@ __all__ = [
     "pattern",
     "kind",
     "from_spec",
+    "user_frozen",
 ]
+
+# Parameters a freezelab Freezer froze. Everything else that has requires_grad=False was frozen
+# by the user (a PEFT base, a frozen backbone) and is never put in a non-explicit group or thawed;
+# these may be, so groups built (or a Freezer built) after a freezelab run still see them.
+_frozen_here: dict[int, weakref.ref] = {}
+
+
+def mark_frozen_by_freezelab(p: torch.Tensor) -> None:
+    """Record that freezelab (not the user) froze ``p`` (called by the Freezer)."""
+    key = id(p)
+    _frozen_here[key] = weakref.ref(p, lambda _, key=key: _frozen_here.pop(key, None))
+
+
+def user_frozen(p: torch.Tensor) -> bool:
+    """``True`` if ``p`` is frozen and freezelab did not freeze it: it must stay frozen."""
+    if p.requires_grad:
+        return False
+    ref = _frozen_here.get(id(p))
+    return ref is None or ref() is not p
+
 
 #: Module classes whose parameters count as "norm" parameters.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -251,11 +274,11 @@ class Unit:
         return self.name or "root"
 
 
-#: Torch functions that only read metadata (shape, dtype, ``.requires_grad`` ...): not a use.
+#: Torch functions that only read metadata (``size()``, ``dim()`` ...): not a use. Property reads
+#: (``__get__``) count only when they give a tensor (``.T`` does; ``.shape``, ``.dtype`` do not).
 _METADATA_ONLY = frozenset(
-    {"__get__", "size", "dim", "ndimension", "numel", "nelement", "stride", "is_contiguous",
-     "data_ptr", "element_size", "is_floating_point", "is_complex", "get_device", "__len__",
-     "__format__", "__repr__"}
+    {"size", "dim", "ndimension", "numel", "nelement", "stride", "is_contiguous", "data_ptr",
+     "element_size", "is_floating_point", "is_complex", "get_device", "__len__", "__format__", "__repr__"}
 )  # fmt: skip
 
 
@@ -301,13 +324,15 @@ class _FirstUse(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", None) not in _METADATA_ONLY:
+        result = func(*args, **kwargs)  # nested torch calls are not seen (the mode is off inside)
+        name = getattr(func, "__name__", None)
+        if name not in _METADATA_ONLY and (name != "__get__" or isinstance(result, torch.Tensor)):
             for t in _tensors((args, kwargs)):
                 key = id(t)
                 if key in self.tracked and key not in self.first_use:
                     self.first_use[key] = len(self.first_use)
                     self.running_at[key] = tuple(self.running)
-        return func(*args, **kwargs)
+        return result
 
 
 @dataclass
@@ -384,8 +409,9 @@ def _trace(model: nn.Module, holders: Sequence[tuple[str, nn.Module]], example_i
             f"cannot trace {type(model).__name__} on example_input ({'; '.join(errors)}); "
             "pass an input the model accepts, or order='definition' without example_input"
         )
-    matches = [n for n, _ in holders if result is not None and n in outputs and outputs[n]() is result]
-    head = max(matches, key=lambda n: n.count(".") + bool(n), default=None)
+    # The model itself always "outputs the output": it says nothing, so it is not a candidate.
+    matches = [n for n, _ in holders if n and result is not None and n in outputs and outputs[n]() is result]
+    head = max(matches, key=lambda n: n.count("."), default=None)
     return _Trace(mode.first_use, mode.running_at, head)
 
 
@@ -419,8 +445,9 @@ def _head_name(
 ) -> str:
     if trace is not None and trace.head is not None:
         return trace.head
-    if trace is not None and units:
-        return units[-1].name  # no module's output is the model's output: the last unit to run
+    ran = [u for u in units if trace is not None and any(id(p) in trace.first_use for p in u.module.parameters(recurse=False))]
+    if ran:
+        return ran[-1].name  # no module's output is the model's output: the last unit to run
     copies = _untraced_copies(model)
     real = [n for n, _ in holders if not any(n == c or n.startswith(c + ".") for c in copies)]
     if not real:
@@ -452,9 +479,10 @@ def _layout(
         raise GroupError(f"head must be true, false or a module name, got {head!r}")
     holders = _holders(model)
     canonical = {id(p): n for n, p in model.named_parameters()}
-    frozen = {n: not p.requires_grad for n, p in model.named_parameters()}
+    frozen = {n: user_frozen(p) for n, p in model.named_parameters()}
     is_unit = {id(m): nonleaf == "own" or next(m.children(), None) is None for _, m in holders}
-    trace = _trace(model, holders, example_input) if example_input is not None else None
+    traced = example_input is not None and (order == "forward" or head is True)
+    trace = _trace(model, holders, example_input) if traced else None
 
     # Each tensor to one holder: the running one at first use (forward), else the first (definition).
     owner: dict[int, int] = {}
@@ -534,15 +562,14 @@ def units(
 
 
 def find_head(model: nn.Module, example_input: object | None = None) -> str:
-    """The name of the module ``head=True`` picks: the deepest parameter-owning module whose output
-    is the model's output in a traced forward pass (see the module doc for the fallbacks).
+    """The name of the module ``head=True`` picks: the deepest parameter-owning submodule whose
+    output is the model's output in a traced forward pass (see the module doc for the fallbacks).
 
     >>> find_head(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     '2'
     """
-    holders = _holders(model)
-    trace = _trace(model, holders, example_input) if example_input is not None else None
-    return _head_name(model, holders, trace, units(model, include_frozen=True, example_input=example_input))
+    lay = _layout(model, order="forward", nonleaf="own", include_frozen=True, example_input=example_input, head=True)
+    return lay.head.name
 
 
 # ---------------------------------------------------------------------------------
@@ -690,7 +717,7 @@ def pattern(
                     assigned[n] = group
                     members[group].append(n)
     groups = [Group(g, tuple(n for n in names if n in set(ps)), explicit=True) for g, ps in members.items()]
-    leftover = tuple(n for n, p in named if n not in assigned and (include_frozen or p.requires_grad))
+    leftover = tuple(n for n, p in named if n not in assigned and (include_frozen or not user_frozen(p)))
     if rest is not None and leftover:
         groups.append(Group(rest, leftover, explicit=include_frozen))
     return _finish(groups, model).with_always_trainable(*always_trainable)
