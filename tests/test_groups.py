@@ -326,6 +326,10 @@ def test_kind_on_peft_keeps_the_base_frozen_and_finds_the_real_head():
         assert not any(g.explicit for g in gs)
     with pytest.raises(GroupError, match=r"kind 'norm' matches only frozen.*include_frozen=True"):
         groups.kind(fam.model, ("lora", "norm", "head"))
+    hybrid = groups.kind(fam.model, ("lora", "norm", "head"), rest=None, include_frozen=True)  # docs/methods/warmup.md
+    assert hybrid.names == ("norm", "lora", "head") and all(g.explicit for g in hybrid)
+    assert all(".norm" in p for p in hybrid["norm"].param_names) and hybrid["head"].param_names == gs["head"].param_names
+    assert not any("original_module" in p or "base_layer" in p for g in hybrid for p in g.param_names)
 
 
 def test_kind_head_of_a_peft_model_without_modules_to_save_explains_the_fix():

@@ -445,9 +445,10 @@ def _head_name(
 ) -> str:
     if trace is not None and trace.head is not None:
         return trace.head
-    ran = [u for u in units if trace is not None and any(id(p) in trace.first_use for p in u.module.parameters(recurse=False))]
-    if ran:
-        return ran[-1].name  # no module's output is the model's output: the last unit to run
+    if trace is not None:  # no submodule's output is the model's output: the last unit to run
+        ran = [u for u in units if any(id(p) in trace.first_use for p in u.module.parameters(recurse=False))]
+        if ran:
+            return ran[-1].name
     copies = _untraced_copies(model)
     real = [n for n, _ in holders if not any(n == c or n.startswith(c + ".") for c in copies)]
     if not real:
@@ -649,7 +650,9 @@ def layers(
     """One group per unit, named after its module (``root`` for the model itself), in ``order``.
 
     This is the unit that progressive freezing (Composer, FreezeOut), BAdam and LISA walk over;
-    ``layers(model, order="definition", nonleaf="skip")`` is exactly Composer's layer list.
+    ``layers(model, order="definition", nonleaf="skip")`` is Composer's layer list (leaf modules
+    with parameters, depth-first), less the layers whose parameters were all frozen beforehand
+    or already listed under a tied name.
     """
     lay = _layout(
         model, order=order, nonleaf=nonleaf, include_frozen=include_frozen, example_input=example_input, head=head
