@@ -89,24 +89,30 @@ def test_freezeout_fixture_covers_both_sides_of_the_rounding_at_the_boundary():
 
 
 @pytest.mark.parametrize("setting", FREEZEOUT["settings"][:2], ids=["linear", "scaled-cubic"])
-def test_freezeout_through_the_freezer_sets_the_reference_learning_rates(setting):
-    """Freezer.lr_factors on the reference's optimizer (SGD, one param group per layer) gives its LRs."""
+def test_freezeout_through_the_freezer_steps_with_the_reference_learning_rates(setting):
+    """On the reference's optimizer (SGD, Nesterov, one param group per layer), the rate each layer
+    is stepped with inside optimizer.step() (the Freezer scales it there) is the reference's."""
+    torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(2, 2) for _ in range(setting["layers"])))
     gs = groups.layers(model)
-    opt = torch.optim.SGD(param_groups_by_group(model, gs), lr=FREEZEOUT["base_lr"], momentum=0.9, nesterov=True)
+    base = FREEZEOUT["base_lr"]
+    opt = torch.optim.SGD(param_groups_by_group(model, gs), lr=base, momentum=0.9, nesterov=True)
     schedule = FreezeOut(setting["t_0"], setting["how_scale"], anneal=True, scale_lr=setting["scale_lr"])
     fz = Freezer(model, gs, schedule, opt, policy="remove")
+    stepped_with: list[dict[str, float]] = []  # registered after the Freezer's hook, so it sees the scaled rates
+    opt.register_step_pre_hook(lambda o, *_: stepped_with.append({g["freezelab_group"]: g["lr"] for g in o.param_groups}))
+    x = torch.randn(4, 2)
     n = setting["iterations"]
     for j in range(n):
-        clock = Clock.at(j, steps_per_epoch=n, epochs=1)
-        fz.step(clock)
-        for group, factor in zip(opt.param_groups, fz.lr_factors(clock)[0]):
-            group["lr"] = FREEZEOUT["base_lr"] * factor
-        lr_of = {g["freezelab_group"]: g["lr"] for g in opt.param_groups}
+        fz.step(Clock.at(j, steps_per_epoch=n, epochs=1))
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        assert all(g["lr"] == base for g in opt.param_groups)  # the base rate is restored after the step
         for i, layer in enumerate(gs.schedulable):
             assert model[i].weight.requires_grad == setting["active"][j][i], f"step {j} layer {i}"
             if setting["active"][j][i]:
-                assert lr_of[layer] == pytest.approx(setting["lr"][j][i], abs=1e-12, rel=0)
+                assert stepped_with[j][layer] == pytest.approx(setting["lr"][j][i], abs=1e-12, rel=0)
 
 
 # -- BAdam (Ledzy/BAdam, badam.BlockOptimizer) ------------------------------------------------------
