@@ -156,13 +156,71 @@ def test_composer_fraction_boundaries():
 def test_freezeout_times_and_boundaries():
     assert freezeout_times(5, 0.5, "linear") == [0.5, 0.625, 0.75, 0.875, 1.0]
     assert freezeout_times(3, 0.5, "cubic") == pytest.approx([0.125, 0.421875, 1.0])
-    s = FreezeOut(t0=0.5)
     total = SPE * EPOCHS
-    first_frozen_step = next(i for i in range(total) if "l0" in s.frozen(at(i), LAYERS))
-    assert first_frozen_step == math.ceil(0.5 * total)
-    assert all("l4" not in s.frozen(at(i), LAYERS) for i in range(total))
+
+    def first_frozen(s):
+        return next(i for i in range(total) if "l0" in s.frozen(at(i), LAYERS))
+
+    # Without annealing: frozen from the first step at or past t_0. With it (the reference's
+    # rule): the step at exactly t_0 * total is still taken, with learning rate 0.
+    assert first_frozen(FreezeOut(t0=0.5)) == math.ceil(0.5 * total)
+    assert first_frozen(FreezeOut(t0=0.5, anneal=True)) == 0.5 * total + 1
+    for s in (FreezeOut(t0=0.5), FreezeOut(t0=0.5, anneal=True)):
+        assert all("l4" not in s.frozen(at(i), LAYERS) for i in range(total))
     with pytest.raises(ScheduleError, match="scaling"):
         FreezeOut(scaling="quartic")
+    with pytest.raises(ScheduleError, match="needs anneal"):
+        FreezeOut(scale_lr=True)
+
+
+def test_freezeout_lr_factors_are_a_cosine_to_zero_at_each_stop_time():
+    total = SPE * EPOCHS
+    s = FreezeOut(t0=0.5, anneal=True)
+    assert s.scales_lr and not FreezeOut().scales_lr
+    assert FreezeOut().lr_factors(at(5), LAYERS) == {}
+    assert s.lr_factors(at(0), LAYERS) == {g: 1.0 for g in LAYERS}
+    half = s.lr_factors(at(15), LAYERS)["l0"]  # a quarter of the way to l0's stop at step 30
+    assert half == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert s.lr_factors(at(30), LAYERS)["l0"] == 0.0 and "l0" in s.trainable(at(30), LAYERS)
+    assert s.lr_factors(at(31), LAYERS)["l0"] == 0.0 and "l0" not in s.trainable(at(31), LAYERS)
+    last = [s.lr_factors(at(i), LAYERS)["l4"] for i in range(total)]
+    assert last == sorted(last, reverse=True) and 0 < last[-1] < 0.01  # the last layer anneals too
+    scaled = FreezeOut(t0=0.5, anneal=True, scale_lr=True).lr_factors(at(0), LAYERS)
+    assert scaled == pytest.approx({g: 1 / t for g, t in zip(LAYERS, freezeout_times(5, 0.5, "linear"))})
+
+
+def test_composites_pass_lr_factors_through_on_their_own_clocks():
+    fo = FreezeOut(t0=0.5, anneal=True)
+    warm = Warmup(("l4",), 6, fo)
+    assert warm.scales_lr and not Warmup(("l4",), 6).scales_lr
+    assert warm.lr_factors(at(3), LAYERS) == {}
+    shifted = at(20).shifted(6)
+    assert warm.lr_factors(at(20), LAYERS) == fo.lr_factors(shifted, LAYERS)
+    chain = Chain(((Standard(), 1, "epoch"), (fo, None, "batch")))
+    assert chain.scales_lr and chain.lr_factors(at(5), LAYERS) == {}
+    assert chain.lr_factors(at(25), LAYERS) == fo.lr_factors(at(25).shifted(SPE), LAYERS)
+    other = FreezeOut(t0=0.2, groups=("l0", "l1"), anneal=True)
+    both = Intersect((fo, other))
+    assert both.scales_lr and not Intersect((Standard(), Alternate())).scales_lr
+    a, b = fo.lr_factors(at(7), LAYERS), other.lr_factors(at(7), LAYERS)
+    assert both.lr_factors(at(7), LAYERS) == {g: a[g] * b.get(g, 1.0) for g in LAYERS}
+
+
+def test_shared_checks_reject_bad_counts_and_units_everywhere():
+    for build in (
+        lambda v: Alternate(every=v),
+        lambda v: Warmup(("first",), v),
+        lambda v: BlockCycle(every=v),
+        lambda v: BlockCycle(first_every=v),
+        lambda v: RandomLayers(k=v),
+        lambda v: RandomLayers(every=v),
+    ):
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ScheduleError, match="must be a positive integer"):
+                build(bad)
+    for build in (lambda u: Alternate(unit=u), lambda u: Progressive(unit=u)):
+        with pytest.raises(ScheduleError, match=r"unit must be one of \['batch', 'epoch'\]"):
+            build("step")
 
 
 # -- BAdam and LISA -----------------------------------------------------------------------
@@ -178,6 +236,52 @@ def test_block_cycle_random_visits_each_block_once_per_cycle():
     cycles = [[next(iter(s.trainable(at(c * 5 + i), LAYERS))) for i in range(5)] for c in range(4)]
     assert all(sorted(c) == sorted(LAYERS) for c in cycles)
     assert len({tuple(c) for c in cycles}) > 1  # reshuffled between cycles
+
+
+def test_block_cycle_start_fixed_first_period_and_others():
+    def active(s, step):
+        return sorted(s.trainable(at(step), LAYERS) & set(LAYERS))
+
+    asc = BlockCycle(every=2, start=3)
+    assert [active(asc, i) for i in range(0, 10, 2)] == [["l3"], ["l4"], ["l0"], ["l1"], ["l2"]]
+    desc = BlockCycle(every=1, order="descending", start=1)
+    assert [active(desc, i)[0] for i in range(5)] == ["l1", "l0", "l4", "l3", "l2"]
+    assert {tuple(active(BlockCycle(every=3, order="fixed", start=2), i)) for i in range(30)} == {("l2",)}
+    short = BlockCycle(every=3, first_every=2)  # BAdam: the first block trains every - 1 steps
+    assert [active(short, i)[0] for i in range(8)] == ["l0", "l0", "l1", "l1", "l1", "l2", "l2", "l2"]
+    named = BlockCycle(groups=("l1", "l2"), every=1)
+    assert named.trainable(at(0), LAYERS) == {"l0", "l1", "l3", "l4"}
+    assert BlockCycle(groups=("l1", "l2"), every=1, others="freeze").trainable(at(0), LAYERS) == {"l1"}
+    with pytest.raises(ScheduleError, match="fixed.*start"):
+        BlockCycle(order="fixed")
+    with pytest.raises(ScheduleError, match="start does not apply"):
+        BlockCycle(order="random", start=0)
+    with pytest.raises(ScheduleError, match="only 5 blocks"):
+        BlockCycle(start=5).validate(LAYERS)
+    for bad in ({"order": "shuffled"}, {"rng": "python"}, {"others": "keep"}, {"start": -1}):
+        with pytest.raises(ScheduleError):
+            BlockCycle(**bad)
+
+
+def test_block_cycle_torch_rng_pops_torch_randperm_from_the_end():
+    import torch
+
+    s = BlockCycle(every=1, order="random", rng="torch", seed=11)
+    gen = torch.Generator().manual_seed(11)
+    expected = [f"l{i}" for _ in range(3) for i in reversed(torch.randperm(5, generator=gen).tolist())]
+    assert [active for i in range(15) for active in s.trainable(at(i), LAYERS)] == expected
+
+
+def test_random_layers_numpy_legacy_replays_the_global_numpy_sequence():
+    import numpy as np
+
+    s = RandomLayers(k=2, every=3, seed=5, rng="numpy_legacy")
+    state = np.random.RandomState(5)
+    expected = [{f"l{i}" for i in state.choice(range(5), 2, replace=False)} for _ in range(6)]
+    assert [s.trainable(at(i), LAYERS) for i in range(0, 18, 3)] == expected
+    assert [s.trainable(at(i), LAYERS) for i in (17, 4, 0)] == [expected[5], expected[1], expected[0]]  # any order
+    with pytest.raises(ScheduleError, match="rng"):
+        RandomLayers(rng="torch")
 
 
 def test_random_layers_constant_within_period_and_seeded():
@@ -198,9 +302,10 @@ ALL = [
     Alternate(unit="batch", every=7, first="second"),
     Warmup(("first",), 3, Alternate(unit="epoch")),
     Progressive(0.2, 0.9, unit="batch"),
-    FreezeOut(0.3, "squared"),
-    BlockCycle(every=5, order="random", seed=2),
-    RandomLayers(k=1, every=3, seed=4),
+    FreezeOut(0.3, "squared", anneal=True, scale_lr=True),
+    BlockCycle(every=5, order="random", seed=2, first_every=4, rng="torch", others="freeze"),
+    BlockCycle(every=3, order="fixed", start=1),
+    RandomLayers(k=1, every=3, seed=4, rng="numpy_legacy"),
     Chain(((Freeze(("first",)), 1, "epoch"), (Standard(), None, "batch"))),
     Intersect((Progressive(), Alternate())),
 ]
@@ -256,7 +361,21 @@ def test_alternate_property_exactly_one_half(every, unit, first, step):
     step=st.integers(0, SPE * EPOCHS - 1),
 )
 def test_layer_schedules_property(start, level, t0, k, every, step):
-    for s in (Progressive(start, level, unit="batch"), FreezeOut(t0), BlockCycle(every=every), RandomLayers(k, every)):
+    layer_schedules = (
+        Progressive(start, level, unit="batch"),
+        FreezeOut(t0),
+        FreezeOut(t0, anneal=True, scale_lr=True),
+        BlockCycle(every=every),
+        BlockCycle(every=every, first_every=max(every - 1, 1), order="random", rng="torch"),
+        RandomLayers(k, every),
+        RandomLayers(k, every, rng="numpy_legacy"),
+    )
+    for s in layer_schedules:
         got = s.trainable(at(step), LAYERS)
         assert got <= set(LAYERS) and got  # never freezes everything
         assert schedule_from_dict(s.to_dict()) == s
+        factors = s.lr_factors(at(step), LAYERS)
+        assert bool(factors) == s.scales_lr
+        if s.scales_lr:
+            assert all(factors[g] == 0.0 for g in set(LAYERS) - got)  # a frozen group has no rate
+        assert all(0.0 <= f <= 1 / t0**3 + 1e-9 for f in factors.values())

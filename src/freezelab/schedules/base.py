@@ -103,6 +103,10 @@ class Schedule:
     name: ClassVar[str] = ""
     #: Fields that hold nested schedules (serialised as dicts).
     nested: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`lr_factors` can answer anything but 1.0. Read it on the instance: a
+    #: schedule whose answer depends on its options (FreezeOut's ``anneal``) or on nested
+    #: schedules (``warmup``, ``chain``, ``intersect``) overrides it with a property.
+    scales_lr: ClassVar[bool] = False
 
     def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
         """The names in ``groups`` that train at ``clock``."""
@@ -110,6 +114,15 @@ class Schedule:
 
     def frozen(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
         return frozenset(groups) - self.trainable(clock, groups)
+
+    def lr_factors(self, clock: Clock, groups: Sequence[str]) -> dict[str, float]:
+        """Per-group multipliers of the run's base learning rate at ``clock``.
+
+        A group missing from the answer has factor 1.0. Only schedules with ``scales_lr``
+        answer anything else (FreezeOut anneals each layer's rate to zero at its stop time).
+        Like :meth:`trainable`, this is a pure function of the clock.
+        """
+        return {}
 
     def validate(self, groups: Sequence[str]) -> None:
         """Raise a :class:`ScheduleError` if the schedule cannot run on ``groups``."""
@@ -212,6 +225,25 @@ def _split_top_level(text: str) -> list[str]:
 def list_schedules() -> dict[str, str]:
     """Schedule names with the first line of their docstring."""
     return {n: (c.__doc__ or "").strip().splitlines()[0] for n, c in sorted(SCHEDULES.items())}
+
+
+UNITS = ("batch", "epoch")
+
+
+def check_positive(name: str, value: object) -> None:
+    """Raise unless ``value`` is a positive integer (``True`` is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ScheduleError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ScheduleError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_unit(unit: object) -> None:
+    check_choice("unit", unit, UNITS)
 
 
 def check_groups(schedule: str, named: Sequence[str] | None, groups: Sequence[str], *, least: int = 1) -> None:

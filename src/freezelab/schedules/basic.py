@@ -1,20 +1,26 @@
-"""Standard training, static freezing, alternation, warm-up, and composition of schedules."""
+"""Standard training, static freezing, alternation, warm-up, and composition of schedules.
+
+Method cards: docs/methods/alternate.md (``alternate``) and docs/methods/warmup.md (``warmup``,
+``chain``, ``intersect``, ``freeze``, ``standard``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Clock, Schedule, ScheduleError, check_groups, register_schedule, schedule_from_dict
+from .base import (
+    Clock,
+    Schedule,
+    ScheduleError,
+    check_groups,
+    check_positive,
+    check_unit,
+    register_schedule,
+    schedule_from_dict,
+)
 
 __all__ = ["Standard", "Freeze", "Alternate", "Warmup", "Chain", "Intersect"]
-
-_UNITS = ("batch", "epoch")
-
-
-def _check_unit(unit: str) -> None:
-    if unit not in _UNITS:
-        raise ScheduleError(f"unit must be one of {list(_UNITS)}, got {unit!r}")
 
 
 def _span(n: int, unit: str) -> str:
@@ -22,15 +28,13 @@ def _span(n: int, unit: str) -> str:
     return f"{n} {unit}" + ("" if n == 1 else "es" if unit == "batch" else "s")
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ScheduleError(f"{name} must be a positive integer, got {value!r}")
-
-
 @register_schedule
 @dataclass(frozen=True)
 class Standard(Schedule):
-    """Nothing frozen: every group trains at every step (the baseline)."""
+    """Nothing frozen: every group trains at every step (the baseline).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "standard"
 
@@ -44,7 +48,10 @@ class Standard(Schedule):
 @register_schedule
 @dataclass(frozen=True)
 class Freeze(Schedule):
-    """The named groups stay frozen for the whole run (linear probing, frozen backbone)."""
+    """The named groups stay frozen for the whole run (linear probing, frozen backbone).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "freeze"
     groups: tuple[str, ...] = ()
@@ -72,6 +79,7 @@ class Alternate(Schedule):
     ``Alternate(unit="batch")``; seed 002's LoRA-first K=50 is
     ``Alternate(("norm", "lora"), every=50, unit="batch")`` (LoRA frozen first, so Norm trains
     first). ``first`` picks which group trains in the first period.
+    Method card: docs/methods/alternate.md.
     """
 
     name = "alternate"
@@ -81,8 +89,8 @@ class Alternate(Schedule):
     first: str | None = None
 
     def __post_init__(self) -> None:
-        _check_positive("every", self.every)
-        _check_unit(self.unit)
+        check_positive("every", self.every)
+        check_unit(self.unit)
 
     def _cycle(self, groups: Sequence[str]) -> tuple[str, ...]:
         cycle = tuple(self.groups) if self.groups is not None else tuple(groups)
@@ -116,6 +124,7 @@ class Warmup(Schedule):
 
     Seed 002's "warm-up LoRA 200" is ``Warmup(("lora",), 200)``: Norm and head adapt first.
     ``then`` sees a clock that starts at the end of the warm-up (epoch boundaries unchanged).
+    Method card: docs/methods/warmup.md.
     """
 
     name = "warmup"
@@ -127,7 +136,7 @@ class Warmup(Schedule):
     def __post_init__(self) -> None:
         if isinstance(self.groups, str):
             object.__setattr__(self, "groups", (self.groups,))
-        _check_positive("steps", self.steps)
+        check_positive("steps", self.steps)
 
     def validate(self, groups: Sequence[str]) -> None:
         check_groups("warmup", self.groups, groups, least=1)
@@ -137,6 +146,16 @@ class Warmup(Schedule):
         if clock.step < self.steps:
             return frozenset(groups) - set(self.groups)
         return self.then.trainable(clock.shifted(self.steps), groups)
+
+    @property
+    def scales_lr(self) -> bool:  # type: ignore[override]
+        return self.then.scales_lr
+
+    def lr_factors(self, clock: Clock, groups: Sequence[str]) -> dict[str, float]:
+        """Base rates during the warm-up, then ``then``'s factors on its own clock."""
+        if clock.step < self.steps:
+            return {}
+        return self.then.lr_factors(clock.shifted(self.steps), groups)
 
     def describe(self) -> str:
         return f"warm-up: {'+'.join(self.groups)} frozen for {self.steps} batches, then {self.then.describe()}"
@@ -148,7 +167,7 @@ class Chain(Schedule):
     """Run schedules one after another: ``phases`` is a list of ``(schedule, length, unit)``.
 
     The last phase's length may be ``None`` (until the end). Each phase sees a clock that
-    starts at its own beginning.
+    starts at its own beginning. Method card: docs/methods/warmup.md.
 
     >>> Chain(((Freeze(("first",)), 2, "epoch"), (Standard(), None, "epoch"))).describe()
     'freeze first for 2 epochs -> standard (nothing frozen)'
@@ -166,9 +185,9 @@ class Chain(Schedule):
             sched, length, unit = p
             if isinstance(sched, dict):
                 sched = schedule_from_dict(sched)
-            _check_unit(unit)
+            check_unit(unit)
             if length is not None:
-                _check_positive("phase length", length)
+                check_positive("phase length", length)
             phases.append((sched, length, unit))
         if not phases:
             raise ScheduleError("chain needs at least one phase")
@@ -182,14 +201,27 @@ class Chain(Schedule):
             "phases": [{"schedule": s.to_dict(), "length": n, "unit": u} for s, n, u in self.phases],
         }
 
-    def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
+    def _phase(self, clock: Clock) -> tuple[Schedule, Clock]:
+        """The phase running at ``clock`` and the clock it sees (starting at its own beginning)."""
         start = 0
         for sched, length, unit in self.phases:
             steps = None if length is None else length * (clock.steps_per_epoch if unit == "epoch" else 1)
             if steps is None or clock.step < start + steps:
-                return sched.trainable(clock.shifted(start), groups)
+                return sched, clock.shifted(start)
             start += steps
-        return self.phases[-1][0].trainable(clock.shifted(start), groups)
+        return self.phases[-1][0], clock.shifted(start)
+
+    def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
+        sched, local = self._phase(clock)
+        return sched.trainable(local, groups)
+
+    @property
+    def scales_lr(self) -> bool:  # type: ignore[override]
+        return any(sched.scales_lr for sched, _, _ in self.phases)
+
+    def lr_factors(self, clock: Clock, groups: Sequence[str]) -> dict[str, float]:
+        sched, local = self._phase(clock)
+        return sched.lr_factors(local, groups)
 
     def describe(self) -> str:
         return " -> ".join(s.describe() + (f" for {_span(n, u)}" if n is not None else "") for s, n, u in self.phases)
@@ -198,7 +230,10 @@ class Chain(Schedule):
 @register_schedule
 @dataclass(frozen=True)
 class Intersect(Schedule):
-    """A group trains only when every one of ``schedules`` lets it (e.g. progressive + alternate)."""
+    """A group trains only when every one of ``schedules`` lets it (e.g. progressive + alternate).
+
+    Method card: docs/methods/warmup.md.
+    """
 
     name = "intersect"
     nested = ("schedules",)
@@ -212,6 +247,18 @@ class Intersect(Schedule):
         out = frozenset(groups)
         for s in self.schedules:
             out &= s.trainable(clock, groups)
+        return out
+
+    @property
+    def scales_lr(self) -> bool:  # type: ignore[override]
+        return any(s.scales_lr for s in self.schedules)
+
+    def lr_factors(self, clock: Clock, groups: Sequence[str]) -> dict[str, float]:
+        """The product of every schedule's factor: each one scales the rate the others leave."""
+        out: dict[str, float] = {}
+        for s in self.schedules:
+            for group, factor in s.lr_factors(clock, groups).items():
+                out[group] = out.get(group, 1.0) * factor
         return out
 
     def describe(self) -> str:

@@ -5,17 +5,21 @@ Two published forms:
 * :class:`Progressive` follows Composer's ``LayerFreezing``: nothing is frozen until
   ``freeze_start`` of training has elapsed, then a prefix of the groups that grows linearly to
   ``freeze_level`` of them by the end of training; the last group is never frozen. Composer
-  re-evaluates at each epoch end, which is ``unit="epoch"`` here.
+  re-evaluates at each epoch end, which is ``unit="epoch"`` here. Method card:
+  docs/methods/progressive.md.
 * :class:`FreezeOut` follows Brock et al. (2017): group *i* of *L* stops at the fraction
-  ``t_i = scale(t0 + (1 - t0) * i / (L - 1))`` of training, so the last group trains to the end.
+  ``t_i = scale(t0 + (1 - t0) * i / (L - 1))`` of training, so the last group trains to the end,
+  and (``anneal=True``) each group's learning rate follows a cosine from its start value to
+  zero at its own ``t_i``. Method card: docs/methods/freezeout.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Clock, Schedule, ScheduleError, acted_on, check_groups, register_schedule
+from .base import Clock, Schedule, ScheduleError, acted_on, check_choice, check_groups, check_unit, register_schedule
 
 __all__ = ["Progressive", "FreezeOut", "composer_freeze_fraction", "freezeout_times"]
 
@@ -36,7 +40,9 @@ class Progressive(Schedule):
 
     With ``L`` groups, ``int(fraction * (L - 1))`` of the first ``L - 1`` are frozen, where
     ``fraction`` is :func:`composer_freeze_fraction` of the elapsed training. Use
-    ``freezelab.groups.layers`` to act on single layers as Composer does.
+    ``freezelab.groups.layers(model, order="definition", nonleaf="skip")`` to act on exactly
+    Composer's layers. Method card (with the check against Composer's own code):
+    docs/methods/progressive.md.
     """
 
     name = "progressive"
@@ -50,8 +56,7 @@ class Progressive(Schedule):
             raise ScheduleError(f"freeze_start must be in [0, 1), got {self.freeze_start}")
         if not 0.0 <= self.freeze_level <= 1.0:
             raise ScheduleError(f"freeze_level must be in [0, 1], got {self.freeze_level}")
-        if self.unit not in ("batch", "epoch"):
-            raise ScheduleError(f"unit must be 'batch' or 'epoch', got {self.unit!r}")
+        check_unit(self.unit)
 
     def validate(self, groups: Sequence[str]) -> None:
         check_groups("progressive", self.groups, groups, least=1)
@@ -88,28 +93,75 @@ class FreezeOut(Schedule):
     """FreezeOut: group i stops at ``scale(t0 + (1 - t0) i / (L - 1))`` of training.
 
     ``scaling`` is ``linear``, ``squared`` or ``cubic`` (the paper's variants; cubic freezes
-    early layers sooner). The paper also anneals each layer's learning rate to zero by its
-    freeze time; that is not part of this schedule (see docs/methods/freezeout.md).
+    early layers sooner).
+
+    ``anneal=True`` (the paper's method; off by default so that existing runs and
+    single-param-group optimizers keep working) gives each group a cosine learning-rate factor
+    ``0.5 * (1 + cos(pi * step / (t_i * total_steps)))`` through :meth:`lr_factors`, which
+    reaches 0 at the group's stop step; ``scale_lr=True`` divides it by ``t_i`` so that layers
+    that stop early start faster (the reference's ``scale_lr``). The boundary is the
+    reference's: the group still takes the step where ``step == t_i * total_steps`` (its factor
+    is exactly 0 there) and is frozen from the first step strictly after it. With
+    ``anneal=False`` only the stop times are kept: a group is frozen from the first step with
+    ``step / total_steps >= t_i`` and trains at the base rate until then.
+    See docs/methods/freezeout.md for the check against ajbrock/FreezeOut.
     """
 
     name = "freezeout"
     t0: float = 0.5
     scaling: str = "linear"
     groups: tuple[str, ...] | None = None
+    anneal: bool = False
+    scale_lr: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.t0 <= 1.0:
             raise ScheduleError(f"t0 must be in (0, 1], got {self.t0}")
-        if self.scaling not in _SCALES:
-            raise ScheduleError(f"scaling must be one of {list(_SCALES)}, got {self.scaling!r}")
+        check_choice("scaling", self.scaling, tuple(_SCALES))
+        for flag in ("anneal", "scale_lr"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ScheduleError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.scale_lr and not self.anneal:
+            raise ScheduleError("scale_lr scales the annealed learning rate; it needs anneal=true")
+
+    @property
+    def scales_lr(self) -> bool:  # type: ignore[override]
+        return self.anneal
 
     def validate(self, groups: Sequence[str]) -> None:
         check_groups("freezeout", self.groups, groups, least=1)
 
-    def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
+    def _stops(self, groups: Sequence[str]) -> list[tuple[str, float]]:
         units = acted_on(self.groups, groups)
-        times = freezeout_times(len(units), self.t0, self.scaling)
-        return frozenset(groups) - {u for u, t in zip(units, times) if clock.progress >= t}
+        return list(zip(units, freezeout_times(len(units), self.t0, self.scaling)))
+
+    def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
+        if self.anneal:
+            # The reference drops a layer once its iteration counter is strictly past max_j.
+            stopped = {u for u, t in self._stops(groups) if clock.step > clock.total_steps * t}
+        else:
+            stopped = {u for u, t in self._stops(groups) if clock.progress >= t}
+        return frozenset(groups) - stopped
+
+    def lr_factors(self, clock: Clock, groups: Sequence[str]) -> dict[str, float]:
+        """Each acted-on group's cosine factor; 0.0 once it has stopped."""
+        if not self.anneal:
+            return {}
+        out = {}
+        for unit, t in self._stops(groups):
+            max_step = clock.total_steps * t
+            if clock.step > max_step:
+                out[unit] = 0.0
+                continue
+            start = 1.0 / t if self.scale_lr else 1.0
+            out[unit] = start * 0.5 * (1.0 + math.cos(math.pi * clock.step / max_step))
+        return out
 
     def describe(self) -> str:
-        return f"freezeout: first group stops at {self.t0 ** _SCALES[self.scaling]:.0%} of training ({self.scaling})"
+        lr = ""
+        if self.anneal:
+            lr = ", cosine-annealed learning rates" + (" scaled by 1/t_i" if self.scale_lr else "")
+        return (
+            f"freezeout: first group stops at {self.t0 ** _SCALES[self.scaling]:.0%} of training "
+            f"({self.scaling}{lr})"
+        )
