@@ -8,6 +8,7 @@ each fixture). These tests need only the fixtures, never the reference code.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -133,6 +134,7 @@ def _badam_schedule(setting: dict) -> BlockCycle:
         rng="torch",
         seed=setting.get("seed", 0),
         others="freeze",
+        reset_state=True,
     )
 
 
@@ -168,12 +170,13 @@ def test_badam_refusals_are_schedule_errors_here():
             _badam_schedule(r["setting"])
 
 
-def _run_freezer_like_badam(run: dict) -> tuple[TinyLM, list[list[str]], list[list[str]]]:
+def _run_freezer_like_badam(run: dict, reset_state: bool = True) -> tuple[TinyLM, list[list[str]], list[list[str]]]:
     model, gs = _badam_model()
     load_weights(model, run["initial"])
     names = {id(p): n for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=BADAM["optimizer"]["lr"], foreach=False)
-    fz = Freezer(model, gs, _badam_schedule(run["setting"]), opt, policy="release")
+    schedule = dataclasses.replace(_badam_schedule(run["setting"]), reset_state=reset_state)
+    fz = Freezer(model, gs, schedule, opt, policy="release")
     batches, steps = lm_batches(), run["setting"]["steps"]
     trainable, with_state = [], []
     for step in range(steps):
@@ -186,10 +189,7 @@ def _run_freezer_like_badam(run: dict) -> tuple[TinyLM, list[list[str]], list[li
     return model, trainable, with_state
 
 
-SWITCHING = [r for r in BADAM_RUNS if r["setting"]["switch_mode"] != "fixed"]
-
-
-@pytest.mark.parametrize("run", SWITCHING, ids=lambda r: "-".join(f"{v}" for v in r["setting"].values()))
+@pytest.mark.parametrize("run", BADAM_RUNS, ids=lambda r: "-".join(f"{v}" for v in r["setting"].values()))
 def test_badam_weights_and_state_bit_identical_under_release(run):
     """policy="release" resets the state exactly where BAdam does, so Adam's weights agree to the bit."""
     model, trainable, with_state = _run_freezer_like_badam(run)
@@ -199,12 +199,12 @@ def test_badam_weights_and_state_bit_identical_under_release(run):
         assert torch.equal(p.detach().flatten(), torch.tensor(run["final"][name], dtype=p.dtype)), name
 
 
-def test_badam_fixed_mode_differs_only_by_its_state_resets():
-    """BAdam's `fixed` mode still clears Adam's state every K steps although the block stays;
-    a Freezer only acts when the trainable set changes, so under `release` the state is kept.
-    Same parameters train at every step; the state differs exactly at BAdam's resets."""
+def test_badam_fixed_mode_without_reset_state_keeps_what_badam_clears():
+    """BAdam's `fixed` mode clears Adam's state every K steps although the block stays; without
+    ``reset_state`` a Freezer acts only when the trainable set changes, so the state is kept.
+    The same parameters train at every step; the state differs exactly at BAdam's resets."""
     run = next(r for r in BADAM_RUNS if r["setting"]["switch_mode"] == "fixed")
-    _, trainable, with_state = _run_freezer_like_badam(run)
+    _, trainable, with_state = _run_freezer_like_badam(run, reset_state=False)
     assert trainable == run["trainable"]
     resets = [s for s, names in enumerate(run["with_state"]) if s > 0 and not names]
     differ = [s for s, (a, b) in enumerate(zip(with_state, run["with_state"])) if a != b]

@@ -340,6 +340,9 @@ class Freezer:
         names = self.wanted(clock)
         self._clock = clock
         changed = names != self.trainable
+        if self.schedule.resets_state(clock):
+            for view in self._views:
+                view.opt.state.clear()  # BAdam's reset: a fresh optimizer at every block switch
         if changed:
             self.apply(names)
             if self.trainable_numel == 0:

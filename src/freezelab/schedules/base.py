@@ -124,6 +124,15 @@ class Schedule:
         """
         return {}
 
+    def resets_state(self, clock: Clock) -> bool:
+        """Whether the optimizer state of every parameter is cleared before the step at ``clock``.
+
+        BAdam clears its base optimizer's whole state at every block switch, even when the
+        block stays (``fixed`` order) and for parameters that always train; the
+        :class:`~freezelab.freezer.Freezer` does so where this says ``True``. Pure in the clock.
+        """
+        return False
+
     def validate(self, groups: Sequence[str]) -> None:
         """Raise a :class:`ScheduleError` if the schedule cannot run on ``groups``."""
         for field in dataclasses.fields(self):  # type: ignore[arg-type]

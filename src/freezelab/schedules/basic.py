@@ -157,6 +157,9 @@ class Warmup(Schedule):
             return {}
         return self.then.lr_factors(clock.shifted(self.steps), groups)
 
+    def resets_state(self, clock: Clock) -> bool:
+        return clock.step >= self.steps and self.then.resets_state(clock.shifted(self.steps))
+
     def describe(self) -> str:
         return f"warm-up: {'+'.join(self.groups)} frozen for {self.steps} batches, then {self.then.describe()}"
 
@@ -223,6 +226,10 @@ class Chain(Schedule):
         sched, local = self._phase(clock)
         return sched.lr_factors(local, groups)
 
+    def resets_state(self, clock: Clock) -> bool:
+        sched, local = self._phase(clock)
+        return sched.resets_state(local)
+
     def describe(self) -> str:
         return " -> ".join(s.describe() + (f" for {_span(n, u)}" if n is not None else "") for s, n, u in self.phases)
 
@@ -260,6 +267,9 @@ class Intersect(Schedule):
             for group, factor in s.lr_factors(clock, groups).items():
                 out[group] = out.get(group, 1.0) * factor
         return out
+
+    def resets_state(self, clock: Clock) -> bool:
+        return any(s.resets_state(clock) for s in self.schedules)
 
     def describe(self) -> str:
         return " AND ".join(f"({s.describe()})" for s in self.schedules)

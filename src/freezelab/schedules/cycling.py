@@ -83,7 +83,9 @@ class BlockCycle(Schedule):
     ``start`` (its ``start_block``), ``first_every`` (it trains its first block
     ``max(every - 1, 1)`` steps), ``rng="torch"`` (its ``torch.randperm`` sequence, blocks taken
     from the end of each permutation) and ``others="freeze"`` (parameters outside the blocks are
-    frozen, as with its default ``include_embedding=False, include_lm_head=False``).
+    frozen, as with its default ``include_embedding=False, include_lm_head=False``) and
+    ``reset_state=True`` (it clears the whole optimizer state at every switch, even when the
+    block stays, as in ``fixed`` order or a random cycle repeating the last block).
     Method card: docs/methods/block_cycle.md.
     """
 
@@ -96,9 +98,12 @@ class BlockCycle(Schedule):
     first_every: int | None = None
     rng: str = "numpy"
     others: str = "train"
+    reset_state: bool = False
 
     def __post_init__(self) -> None:
         check_positive("every", self.every)
+        if not isinstance(self.reset_state, bool):
+            raise ScheduleError(f"reset_state must be true or false, got {self.reset_state!r}")
         check_choice("order", self.order, _ORDERS)
         check_choice("rng", self.rng, ("numpy", "torch"))
         check_choice("others", self.others, _OTHERS)
@@ -122,6 +127,10 @@ class BlockCycle(Schedule):
         """Index of the block period that ``step`` falls in (the number of switches before it)."""
         first = self.every if self.first_every is None else self.first_every
         return 0 if step < first else 1 + (step - first) // self.every
+
+    def resets_state(self, clock: Clock) -> bool:
+        """With ``reset_state``: at the first step of every period after the first (BAdam's switches)."""
+        return self.reset_state and clock.step > 0 and self.period(clock.step) != self.period(clock.step - 1)
 
     def active(self, period: int, n: int) -> int:
         """Index of the block that trains in ``period`` (of ``n`` blocks)."""
@@ -147,7 +156,9 @@ class BlockCycle(Schedule):
         first = f" (first block {self.first_every})" if self.first_every is not None else ""
         start = f" from block {self.start}" if self.start is not None else ""
         others = ", other groups frozen" if self.others == "freeze" else ""
-        return f"block cycle (BAdam): one block every {self.every} batches{first}, {self.order} order{start}{others}"
+        reset = ", optimizer state cleared at every switch" if self.reset_state else ""
+        return (f"block cycle (BAdam): one block every {self.every} batches{first}, {self.order} order{start}"
+                f"{others}{reset}")
 
 
 @register_schedule
