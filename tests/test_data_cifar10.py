@@ -101,7 +101,7 @@ def test_decoded_arrays_are_cached_by_archive_hash(root: Path, monkeypatch: pyte
     path = write_tar(archive_path(root), fake_members())
     first = cifar_jpeg.read_cifar10_jpeg(path)
     sha = cache.file_sha256(path)
-    cached = list((cache.cache_root() / "decoded").iterdir())
+    cached = list((cache.cache_root() / "decoded").glob("*.npz"))
     assert [f.name for f in cached] == [f"cifar10-jpeg-v1-{sha}.npz"]
 
     def no_decoding(_archive: Path) -> None:
@@ -116,7 +116,7 @@ def test_decoded_arrays_are_cached_by_archive_hash(root: Path, monkeypatch: pyte
     monkeypatch.setattr(cifar_jpeg, "decode_archive", decode)
     write_tar(path, fake_members(seed=1))  # another archive: another hash, so decoded afresh
     assert not torch.equal(cifar_jpeg.read_cifar10_jpeg(path).train.x, first.train.x)
-    assert len(list((cache.cache_root() / "decoded").iterdir())) == 2
+    assert len(list((cache.cache_root() / "decoded").glob("*.npz"))) == 2
 
 
 def test_archive_hash_is_remembered_by_size_and_mtime(root: Path) -> None:
@@ -139,7 +139,7 @@ def test_corrupt_cache_file_is_deleted_and_rebuilt(
 ) -> None:
     path = write_tar(archive_path(root), fake_members())
     first = cifar_jpeg.read_cifar10_jpeg(path)
-    (npz,) = (cache.cache_root() / "decoded").iterdir()
+    (npz,) = (cache.cache_root() / "decoded").glob("*.npz")
     blob = bytearray(npz.read_bytes())
     if damage == "garbage":
         blob[len(blob) // 2 : len(blob) // 2 + 64] = bytes(64)  # zeros inside the pixel array
@@ -152,7 +152,28 @@ def test_corrupt_cache_file_is_deleted_and_rebuilt(
     assert torch.equal(again.train.x, first.train.x)
     assert f"cache file {npz} is corrupt" in caplog.text and "decoding again" in caplog.text
     assert np.load(npz)["x_train"].shape == (30, 3, 32, 32)  # rewritten whole
-    assert [p.name for p in npz.parent.iterdir()] == [npz.name]  # no temporary files left
+    assert sorted(p.name for p in npz.parent.iterdir()) == [f".{npz.name}.lock", npz.name]  # no temporary files left
+
+
+def test_concurrent_builders_decode_once(tmp_path: Path) -> None:
+    """Workers of one sweep that all find no cache: the first builds, the others load its file."""
+    import threading
+    import time
+
+    calls = []
+
+    def build() -> dict[str, np.ndarray]:
+        calls.append(1)
+        time.sleep(0.2)
+        return {"x": np.arange(10)}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.cached_arrays(tmp_path / "a.npz", build))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and [r["x"].tolist() for r in results] == [list(range(10))] * 3
 
 
 def test_unwritable_cache_still_loads(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -219,7 +240,7 @@ def test_damaged_archive_gives_one_line_naming_file_and_fix(root: Path, change: 
     assert all(w in message for w in words), message
     assert "stage-data CIFAR10-JPEG" in message and "download=True" in message
     assert isinstance(err.value, D.DatasetNotFoundError)  # what the CLI reports as one line
-    assert not (cache.cache_root() / "decoded").exists() or not any((cache.cache_root() / "decoded").iterdir())
+    assert not list((cache.cache_root() / "decoded").glob("*.npz"))  # nothing half-built was cached
 
 
 def test_cli_reports_a_damaged_archive_as_one_line(root: Path, tmp_path: Path) -> None:

@@ -122,16 +122,35 @@ def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dic
     warning on the ``freezelab.data`` logger (shown on stderr even when logging is not set up).
     A cache that cannot be written is not an error: the arrays are returned all the same.
     """
-    if path.is_file():
+    with _build_lock(path):
+        if path.is_file():
+            try:
+                return _load_verified(path)
+            except ValueError as e:
+                log.warning("cache file %s is corrupt (%s): deleting it and decoding again", path, e)
+                path.unlink(missing_ok=True)
+        arrays = build()
         try:
-            return _load_verified(path)
-        except ValueError as e:
-            log.warning("cache file %s is corrupt (%s): deleting it and decoding again", path, e)
-            path.unlink(missing_ok=True)
-    arrays = build()
+            with _atomic_file(path) as f:
+                np.savez(f, **arrays, **{_DIGEST_KEY: np.array(_arrays_digest(arrays))})
+        except OSError as e:
+            log.warning("could not write the cache file %s (%s); the data will be decoded again next run", path, e)
+        return arrays
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``path`` exclusively, so workers of one sweep (``--jobs 4``) that all find no cache
+    decode once: the first builds, the others wait and then load its file. Without ``fcntl``
+    (Windows) or a writable folder, there is no lock, and at worst each worker decodes."""
     try:
-        with _atomic_file(path) as f:
-            np.savez(f, **arrays, **{_DIGEST_KEY: np.array(_arrays_digest(arrays))})
-    except OSError as e:
-        log.warning("could not write the cache file %s (%s); the data will be decoded again next run", path, e)
-    return arrays
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(f".{path.name}.lock"), "a")  # noqa: SIM115 (closed below)
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
