@@ -263,33 +263,6 @@ def test_download_goes_through_torchvision_then_parses(monkeypatch: pytest.Monke
     assert [len(ds.train), len(ds.val), len(ds.test)] == [18, 2, 10]
 
 
-def test_cifar_is_converted_to_nchw_and_normalised_per_channel(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import torchvision.datasets
-
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
-        (folder / f).touch()
-    rng = np.random.default_rng(1)
-    fake = {train: rng.integers(0, 256, (20 if train else 4, 32, 32, 3), dtype=np.uint8) for train in (True, False)}
-
-    class FakeCIFAR10:
-        def __init__(self, root: str, train: bool, download: bool) -> None:
-            self.data, self.targets = fake[train], list(range(len(fake[train])))
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    ds = D.load_dataset("cifar10", root=tmp_path, flatten=False)
-    assert [len(ds.train), len(ds.val), len(ds.test)] == [18, 2, 4] and ds.input_shape == (3, 32, 32)
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
-    expected = (torch.from_numpy(fake[False]).permute(0, 3, 1, 2).float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    torch.testing.assert_close(ds.test.x, expected)
-    seed000 = D.load_dataset("cifar10", root=tmp_path, recipe="train_test", flatten=False)  # 50k/10k, val = test
-    assert [len(seed000.train), len(seed000.val), len(seed000.test)] == [20, 4, 4]
-    torch.testing.assert_close(seed000.val.x, seed000.test.x)
-
-
 # ----------------------------------------------------------------------------------------------
 # seed-exact recipes
 

@@ -60,8 +60,8 @@ def test_same_seed_epoch_step_same_batch_and_any_change_differs() -> None:
     torch.manual_seed(99)
     torch.rand(100)  # the global RNG plays no part
     assert torch.equal(D.augment_crop_flip(x, seed=3, epoch=1, step=5), base)
-    for other in ({"seed": 4, "epoch": 1, "step": 5}, {"seed": 3, "epoch": 2, "step": 5}, {"seed": 3, "epoch": 1, "step": 6}):
-        assert not torch.equal(D.augment_crop_flip(x, **other), base), other
+    for seed, epoch, step in ((4, 1, 5), (3, 2, 5), (3, 1, 6)):
+        assert not torch.equal(D.augment_crop_flip(x, seed=seed, epoch=epoch, step=step), base), (seed, epoch, step)
     # (seed, epoch, step) is mixed, not summed
     assert not torch.equal(D.augment_crop_flip(x, seed=0, epoch=1, step=0), D.augment_crop_flip(x, seed=0, epoch=0, step=1))
 

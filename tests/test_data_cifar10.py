@@ -168,7 +168,10 @@ def test_concurrent_builders_decode_once(tmp_path: Path) -> None:
         return {"x": np.arange(10)}
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.cached_arrays(tmp_path / "a.npz", build))) for _ in range(3)]
+    def load() -> None:
+        results.append(cache.cached_arrays(tmp_path / "a.npz", build))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -264,7 +267,7 @@ def test_missing_cifar10_names_both_copies_and_the_stage_tool(root: Path) -> Non
     assert "stage-data CIFAR10-JPEG" in message and "download=True" in message and "FREEZELAB_DATA" in message
 
 
-def fake_pickles(monkeypatch: pytest.MonkeyPatch, root: Path, fail: bool = False) -> None:
+def fake_pickles(monkeypatch: pytest.MonkeyPatch, root: Path, fail: bool = False) -> dict[bool, np.ndarray]:
     """Empty files in torchvision's layout, and a torchvision CIFAR10 that returns 20/4 random images."""
     import torchvision.datasets
 
@@ -282,6 +285,22 @@ def fake_pickles(monkeypatch: pytest.MonkeyPatch, root: Path, fail: bool = False
             self.data, self.targets = fake[train], list(range(len(fake[train])))
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    return fake
+
+
+def test_pickles_are_converted_to_nchw_and_normalised_per_channel(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_pickles(monkeypatch, root)
+    ds = D.load_dataset("cifar10", root=root, flatten=False)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [18, 2, 4] and ds.input_shape == (3, 32, 32)
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1), torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+
+    def expected(train: bool) -> torch.Tensor:
+        return (torch.from_numpy(fake[train]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+    torch.testing.assert_close(ds.test.x, expected(False))
+    seed000 = D.load_dataset("cifar10", root=root, recipe="train_test", flatten=False)  # all 50k in order, val = test
+    assert [len(seed000.train), len(seed000.val), len(seed000.test)] == [20, 4, 4] and seed000.val is seed000.test
+    torch.testing.assert_close(seed000.train.x, expected(True))
 
 
 def test_official_pickles_are_preferred_to_the_jpeg_copy(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,13 +23,14 @@ def decode_image(data: bytes, name: str, where: str, fix: str, formats: Sequence
     >>> decode_image(Path("cat.png").read_bytes(), "cat.png", "my/folder", "Fix: ...").shape
     (32, 32, 3)
     """
-    from PIL import Image  # comes with torchvision; imported here so `freezelab --help` stays fast
+    from PIL import Image, UnidentifiedImageError  # comes with torchvision; imported here so `freezelab --help` stays fast
 
     try:
         with Image.open(io.BytesIO(data), formats=formats) as im:
             return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's ways of saying "not an image"
-        raise DataCorruptError(f"{where}: {name} is not a readable image ({e}). {fix}") from e
+        reason = "PIL cannot identify its format" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DataCorruptError(f"{where}: {name} is not a readable image ({reason}). {fix}") from e
 
 
 def stack_images(images: Sequence[np.ndarray], names: Sequence[str], where: str, size_fix: str) -> np.ndarray:

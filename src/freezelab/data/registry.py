@@ -188,7 +188,9 @@ _DATASETS: dict[str, _DatasetInfo] = {
         None,
         lambda root, _download: read_imagefolder(resolve_data_root(root)),
         {
-            "standard": Recipe("test/ (or val/) as test; val = a seeded 10% of train/, cut like random_split", _holdout_90_10),
+            "standard": Recipe(
+                "test/ (or val/) as test; val = a seeded 10% of train/, cut like random_split", _holdout_90_10
+            ),
             "train_test": Recipe("all of train/, val = test/ (or val/)", _train_test),
         },
         mean=None,

@@ -99,7 +99,9 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     return _read_idx_cached(str(p), st.st_mtime_ns, st.st_size, magic)
 
 
-_IDX_FIX = "Fix: replace it with a good copy (delete it and load with download=True, on the command line --set download=true)"
+_IDX_FIX = (
+    "Fix: replace it with a good copy (delete it and load with download=True, on the command line --set download=true)"
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,7 +116,9 @@ def _read_idx_cached(path: str, _mtime_ns: int, _size: int, magic: int) -> np.nd
     header = 4 + 4 * ndim
     found = int.from_bytes(raw[:4], "big")
     if len(raw) >= 4 and found != magic:
-        raise DataCorruptError(f"{path}: IDX magic {found}, expected {magic}; the file is corrupt or not this kind. {_IDX_FIX}")
+        raise DataCorruptError(
+            f"{path}: IDX magic {found}, expected {magic}; the file is corrupt or not this kind. {_IDX_FIX}"
+        )
     if len(raw) < header:
         raise DataCorruptError(f"{path}: {len(raw)} bytes, too short for an IDX header; the file is truncated. {_IDX_FIX}")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
