@@ -124,7 +124,8 @@ def _read_idx_cached(path: str, _mtime_ns: int, _size: int, magic: int) -> np.nd
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     if len(raw) - header != math.prod(dims):
         raise DataCorruptError(
-            f"{path}: {len(raw) - header} data bytes, but the header says shape {dims}; the file is truncated. {_IDX_FIX}"
+            f"{path}: {len(raw) - header} data bytes, but the header says shape {dims}; "
+            f"the file is truncated or corrupt. {_IDX_FIX}"
         )
     arr = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
     arr.flags.writeable = False
