@@ -82,7 +82,7 @@ def raw_arrays(root: Path, folder: str, split: str) -> tuple[np.ndarray, np.ndar
 
 def test_list_datasets_names_and_one_line_descriptions() -> None:
     listed = D.list_datasets()
-    assert list(listed) == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100"]
+    assert list(listed) == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
     assert all(desc and "\n" not in desc for desc in listed.values())
     assert list(D.list_recipes("mnist")) == ["standard", "mnist10k_80_20"]
     assert list(D.list_recipes("fashion_mnist")) == ["standard", "fmnist_90_10"]
@@ -128,6 +128,7 @@ def test_digits_loads_without_network_or_data_root(monkeypatch: pytest.MonkeyPat
     ds = D.load_dataset("digits", seed=0)
     assert [len(ds.train), len(ds.val), len(ds.test)] == [1077, 360, 360]
     assert ds.input_shape == (64,) and ds.num_classes == 10 and ds.recipe == "standard"
+    assert ds.source == "scikit-learn's bundled digits"
     assert ds.train.x.dtype == torch.float32 and ds.train.y.dtype == torch.int64
     assert ds.train.x.min() == 0.0 and ds.train.x.max() == 1.0
     assert (torch.bincount(ds.test.y, minlength=10) - 36).abs().max() <= 1  # stratified: 179-183 per class / 5
@@ -153,7 +154,8 @@ def test_dataset_splits_to_keeps_val_shared_with_test() -> None:
     held = D.Split(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))
     ds = D.DatasetSplits("x", held, held, held, 10, (3,), "r")
     moved = ds.to("cpu")
-    assert moved.val is moved.test
+    assert moved.val is moved.test and moved.source == "unspecified"  # the default keeps old constructors working
+    assert D.DatasetSplits("x", held, held, held, 10, (3,), "r", "official pickles").to("cpu").source == "official pickles"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,11 +176,39 @@ def test_fake_mnist_folder_gz_and_uncompressed(tmp_path: Path) -> None:
 def test_read_idx_checks_magic_and_size(tmp_path: Path) -> None:
     labels = np.arange(5, dtype=np.uint8)
     write_idx(tmp_path / "labels.gz", labels, 2049)
-    with pytest.raises(ValueError, match="magic 2049, expected 2051"):
+    with pytest.raises(D.DataCorruptError, match="magic 2049, expected 2051"):
         D.read_idx(tmp_path / "labels.gz", 2051)
     (tmp_path / "short").write_bytes((2049).to_bytes(4, "big") + (9).to_bytes(4, "big") + bytes(5))
-    with pytest.raises(ValueError, match=r"5 data bytes, but the header says shape \(9,\)"):
+    with pytest.raises(ValueError, match=r"5 data bytes, but the header says shape \(9,\)"):  # still a ValueError
         D.read_idx(tmp_path / "short", 2049)
+
+
+def _garble_middle(blob: bytes) -> bytes:
+    middle = len(blob) // 2
+    return blob[:middle] + bytes(b ^ 0x5A for b in blob[middle : middle + 64]) + blob[middle + 64 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda b: b[: len(b) // 2], "is not a readable gzip file"),  # the "Aborted." of issue 16
+        (lambda b: b[:5], "is not a readable gzip file"),
+        (lambda b: b"PK" + b[2:], "is not a readable gzip file"),  # the BadGzipFile traceback of issue 16
+        (_garble_middle, "is not a readable gzip file"),
+        (lambda b: gzip.compress(b""), "too short for an IDX header"),
+        (lambda b: b"", "too short for an IDX header"),
+    ],
+    ids=["truncated", "header only", "bad magic", "garbled", "empty payload", "empty file"],
+)
+def test_damaged_mnist_gz_gives_one_line_naming_the_file(tmp_path: Path, damage, words: str) -> None:
+    fake_mnist(tmp_path / "MNIST" / "raw", n_train=200)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(D.DataCorruptError) as err:
+        D.load_dataset("mnist", root=tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and words in message, message
+    assert "download=True" in message and isinstance(err.value, D.DatasetNotFoundError)
 
 
 def test_read_idx_is_cached_until_the_file_changes(tmp_path: Path) -> None:
@@ -233,33 +263,6 @@ def test_download_goes_through_torchvision_then_parses(monkeypatch: pytest.Monke
     assert [len(ds.train), len(ds.val), len(ds.test)] == [18, 2, 10]
 
 
-def test_cifar_is_converted_to_nchw_and_normalised_per_channel(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import torchvision.datasets
-
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
-        (folder / f).touch()
-    rng = np.random.default_rng(1)
-    fake = {train: rng.integers(0, 256, (20 if train else 4, 32, 32, 3), dtype=np.uint8) for train in (True, False)}
-
-    class FakeCIFAR10:
-        def __init__(self, root: str, train: bool, download: bool) -> None:
-            self.data, self.targets = fake[train], list(range(len(fake[train])))
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    ds = D.load_dataset("cifar10", root=tmp_path, flatten=False)
-    assert [len(ds.train), len(ds.val), len(ds.test)] == [18, 2, 4] and ds.input_shape == (3, 32, 32)
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
-    expected = (torch.from_numpy(fake[False]).permute(0, 3, 1, 2).float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    torch.testing.assert_close(ds.test.x, expected)
-    seed000 = D.load_dataset("cifar10", root=tmp_path, recipe="train_test", flatten=False)  # 50k/10k, val = test
-    assert [len(seed000.train), len(seed000.val), len(seed000.test)] == [20, 4, 4]
-    torch.testing.assert_close(seed000.val.x, seed000.test.x)
-
-
 # ----------------------------------------------------------------------------------------------
 # seed-exact recipes
 
@@ -273,6 +276,7 @@ def test_random_split_indices_equal_torch_random_split() -> None:
 
 def test_real_mnist_standard_shapes_counts_and_range(mnist: D.DatasetSplits, real_root: Path) -> None:
     assert [len(mnist.train), len(mnist.val), len(mnist.test)] == [54000, 6000, 10000]
+    assert mnist.source == "official IDX files"
     assert mnist.train.x.shape == (54000, 784) and mnist.train.x.dtype == torch.float32
     assert mnist.train.y.dtype == torch.int64 and mnist.input_shape == (784,)
     train_counts = torch.bincount(torch.cat([mnist.train.y, mnist.val.y]), minlength=10)

@@ -2,6 +2,8 @@
 
 A recipe is a named, seed-exact way to cut a dataset into train/val/test and scale its pixels;
 ``fmnist_90_10`` and ``mnist10k_80_20`` reproduce the seed notebooks' splits bit for bit.
+``cifar10`` reads the official pickles when they are there, else the JPEG copy (the loaded
+splits' ``source`` says which); ``imagefolder`` reads any ImageFolder tree at the data root.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sources import read_cifar, read_digits, read_mnist_like, resolve_data_root
+from .cifar_jpeg import ARCHIVE, read_cifar10_jpeg
+from .imagefolder import read_imagefolder
+from .sources import Official, cifar_pickles_missing, read_cifar, read_digits, read_mnist_like, resolve_data_root
 from .splits import DatasetSplits, Device, Split, map_shared
 
-__all__ = ["Recipe", "list_datasets", "list_recipes", "load_dataset", "random_split_indices"]
+__all__ = ["Recipe", "channel_stats", "list_datasets", "list_recipes", "load_dataset", "random_split_indices"]
 
 
 def random_split_indices(n: int, lengths: Sequence[int], seed: int) -> list[Tensor]:
@@ -50,6 +54,15 @@ def _mnist10k_80_20(train: Split, _test: Split | None, seed: int) -> tuple[Split
     tr, te = train_test_split(np.arange(len(pool)), test_size=0.2, random_state=seed)
     held_out = pool[torch.from_numpy(te)]
     return pool[torch.from_numpy(tr)], held_out, held_out
+
+
+def _stratified_holdout_10(train: Split, test: Split | None, seed: int) -> tuple[Split, Split, Split]:
+    """A 10% validation set with each class in proportion (sklearn, random_state=seed), official test."""
+    from sklearn.model_selection import train_test_split
+
+    assert test is not None, "this recipe needs an official test split"
+    tr, va = train_test_split(np.arange(len(train)), test_size=0.1, random_state=seed, stratify=train.y.numpy())
+    return train[torch.from_numpy(tr)], train[torch.from_numpy(va)], test
 
 
 def _train_test(train: Split, test: Split | None, _seed: int) -> tuple[Split, Split, Split]:
@@ -105,19 +118,32 @@ _RECIPES_FMNIST = {
 @dataclass(frozen=True)
 class _DatasetInfo:
     description: str
-    num_classes: int
-    load: Callable[[str | os.PathLike[str] | None, bool], tuple[Split, Split | None]]
+    num_classes: int | None  # None: one per class the files name (ImageFolder trees)
+    load: Callable[[str | os.PathLike[str] | None, bool], Official]
     recipes: dict[str, Recipe]  # the first is the default
     max_value: float = 255.0  # raw pixel value that maps to 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    mean: tuple[float, ...] | None = (0.0,)  # None: the official training split's own, per channel
+    std: tuple[float, ...] | None = (1.0,)
 
 
-def _from_root(loader: Callable[..., tuple[Split, Split]], name: str, tv_class: str) -> Callable:
+def _from_root(loader: Callable[..., Official], name: str, tv_class: str) -> Callable[..., Official]:
     return lambda root, download: loader(name, tv_class, resolve_data_root(root), download)
 
 
+def _read_cifar10(root: str | os.PathLike[str] | None, download: bool) -> Official:
+    """The official pickles if complete (or downloaded on request), else the JPEG copy, else one error naming both."""
+    root = resolve_data_root(root)
+    if cifar_pickles_missing("CIFAR10", root) and not download and (root / ARCHIVE).is_file():
+        return read_cifar10_jpeg(root / ARCHIVE)
+    return read_cifar("cifar10", "CIFAR10", root, download, also=root / ARCHIVE)
+
+
 _TRAIN_TEST = Recipe("seed 000: all 50k training images, val = the official 10k test set", _train_test)
+_HOLDOUT_45K_5K = Recipe(
+    "45,000 train / 5,000 val (500 per class: sklearn train_test_split, test_size=0.1, stratify=labels, "
+    "random_state=seed) from the 50k training images, plus the official 10k test set",
+    _stratified_holdout_10,
+)
 
 _DATASETS: dict[str, _DatasetInfo] = {
     "digits": _DatasetInfo(
@@ -140,10 +166,11 @@ _DATASETS: dict[str, _DatasetInfo] = {
         _RECIPES_FMNIST,
     ),
     "cifar10": _DatasetInfo(
-        "CIFAR-10, 32x32 RGB, 50k train / 10k test, 10 classes (torchvision layout)",
+        "CIFAR-10, 32x32 RGB, 50k train / 10k test, 10 classes (official pickles in torchvision's layout, "
+        "else the JPEG copy CIFAR10-JPEG/cifar10-jpeg.tar.gz)",
         10,
-        _from_root(read_cifar, "cifar10", "CIFAR10"),
-        {"standard": _STANDARD, "train_test": _TRAIN_TEST},
+        _read_cifar10,
+        {"standard": _STANDARD, "train_test": _TRAIN_TEST, "holdout_45k_5k": _HOLDOUT_45K_5K},
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
     ),
@@ -154,6 +181,20 @@ _DATASETS: dict[str, _DatasetInfo] = {
         {"standard": _STANDARD, "train_test": _TRAIN_TEST},
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
+    ),
+    "imagefolder": _DatasetInfo(
+        "any ImageFolder tree at data_root (train/ and test/ or val/, one folder per class, one image size), "
+        "RGB, normalised by the training images' per-channel mean and std",
+        None,
+        lambda root, _download: read_imagefolder(resolve_data_root(root)),
+        {
+            "standard": Recipe(
+                "test/ (or val/) as test; val = a seeded 10% of train/, cut like random_split", _holdout_90_10
+            ),
+            "train_test": Recipe("all of train/, val = test/ (or val/)", _train_test),
+        },
+        mean=None,
+        std=None,
     ),
 }
 
@@ -210,16 +251,38 @@ def load_dataset(
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of training examples, got {subset}")
     rec = info.recipes[recipe]
-    train, val, test = rec.split(*info.load(root, download), seed)
+    official = info.load(root, download)
+    train, val, test = rec.split(official.train, official.test, seed)
     if subset is not None:
         train = train[:subset]
     mean, std = rec.mean or info.mean, rec.std or info.std
+    if mean is None or std is None:
+        mean, std = channel_stats(official.train.x, info.max_value)
+    num_classes = info.num_classes or len(official.classes or ())
 
     def prepare(s: Split) -> Split:
         return _scale(s.to(device), info.max_value, mean, std, flatten)
 
     train, val, test = map_shared((train, val, test), prepare)
-    return DatasetSplits(name, train, val, test, info.num_classes, tuple(train.x.shape[1:]), recipe)
+    return DatasetSplits(name, train, val, test, num_classes, tuple(train.x.shape[1:]), recipe, official.source)
+
+
+def channel_stats(x: Tensor, max_value: float = 255.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 NCHW pixels scaled to [0, 1], from histograms:
+    exact, and no float copy of the whole split.
+
+    >>> channel_stats(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+    ((0.5,), (0.5,))
+    """
+    values = torch.arange(256, dtype=torch.float64) / max_value
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        p = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        p /= p.sum()
+        mean = float((p * values).sum())
+        means.append(mean)
+        stds.append(float((p * (values - mean) ** 2).sum().sqrt()))
+    return tuple(means), tuple(stds)
 
 
 def _scale(s: Split, max_value: float, mean: Sequence[float], std: Sequence[float], flatten: bool) -> Split:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -58,10 +59,11 @@ class DatasetSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     recipe: str
+    source: str = "unspecified"  # which copy was read, for the run's record: "official pickles", "JPEG copy (lossy, ...)"
 
     def to(self, device: Device) -> DatasetSplits:
         train, val, test = map_shared((self.train, self.val, self.test), lambda s: s.to(device))
-        return DatasetSplits(self.name, train, val, test, self.num_classes, self.input_shape, self.recipe)
+        return dataclasses.replace(self, train=train, val=val, test=test)
 
 
 def map_shared(splits: Sequence[Split], fn: Callable[[Split], Split]) -> list[Split]:
