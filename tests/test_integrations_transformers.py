@@ -2,9 +2,9 @@
 
 Tiny CPU runs: a plain ``nn.Module`` that returns its loss, 24 samples in batches of 4 read in
 order, the Trainer's own AdamW and linear LR decay. The schedule alternates the two halves
-every 4 optimizer steps (a head trains throughout). Checkpoints are written every optimizer
-step; resuming at step 5 lands mid-epoch inside a phase where "first" is frozen, at step 8
-mid-epoch exactly on a switch.
+every 4 optimizer steps (a head trains throughout). Checkpoints are written every 2 optimizer
+steps; resuming at step 10 lands mid-epoch inside a phase where "second" is frozen, at step 8
+mid-epoch exactly on a switch (where ``recreate`` must reset state, and only there).
 """
 
 import math
@@ -179,30 +179,38 @@ def final_weights(m):
     return {n: p.detach().clone() for n, p in m.named_parameters()}
 
 
-_uninterrupted: dict[str, tuple] = {}
+_uninterrupted: dict[tuple, tuple] = {}
 
 
-def uninterrupted(policy: str, tmp_path_factory):
-    """One full run per policy, checkpointing after every optimizer step."""
-    if policy not in _uninterrupted:
-        out = tmp_path_factory.mktemp(f"hf-{policy}")
+def uninterrupted(policy: str, accumulate: int, tmp_path_factory):
+    """One full run per policy and accumulation, checkpointing every 2 optimizer steps."""
+    key = (policy, accumulate)
+    if key not in _uninterrupted:
+        out = tmp_path_factory.mktemp(f"hf-{policy}-{accumulate}")
         m = model()
-        trainer(m, out, [FreezelabCallback(halves, SCHEDULE, policy=policy)], save_steps=1).train()
-        _uninterrupted[policy] = (final_weights(m), out)
-    return _uninterrupted[policy]
+        callbacks = [FreezelabCallback(halves, SCHEDULE, policy=policy)]
+        trainer(m, out, callbacks, accumulate=accumulate, save_steps=2).train()
+        _uninterrupted[key] = (final_weights(m), out)
+    return _uninterrupted[key]
 
 
-@pytest.mark.parametrize("resume_step", [5, 8], ids=["inside-frozen-phase", "at-a-switch"])
+@pytest.mark.parametrize(
+    ("accumulate", "resume_step"),
+    [(1, 10), (1, 8), (2, 6), (2, 4)],
+    ids=["inside-frozen-phase", "at-a-switch", "inside-frozen-phase-accumulating", "at-a-switch-accumulating"],
+)
 @pytest.mark.parametrize("policy", POLICIES)
-def test_resume_is_bit_identical_to_the_uninterrupted_run(policy, resume_step, tmp_path_factory, tmp_path):
-    want, out = uninterrupted(policy, tmp_path_factory)
-    if resume_step == 5:
-        assert not expected(resume_step - 1, 6)["first"]  # the checkpoint is taken while "first" is frozen
+def test_resume_is_bit_identical_to_the_uninterrupted_run(policy, accumulate, resume_step, tmp_path_factory, tmp_path):
+    want, out = uninterrupted(policy, accumulate, tmp_path_factory)
+    steps_per_epoch = math.ceil(SAMPLES / BATCH / accumulate)
+    before = expected(resume_step - 1, steps_per_epoch)
+    assert resume_step % SCHEDULE.every == 0 or not all(before.values())  # a switch, or taken while a group is frozen
     m, callback = model(), FreezelabCallback(halves, SCHEDULE, policy=policy)
-    trainer(m, tmp_path, [callback]).train(resume_from_checkpoint=str(out / f"checkpoint-{resume_step}"))
+    hf = trainer(m, tmp_path, [callback], accumulate=accumulate)
+    hf.train(resume_from_checkpoint=str(out / f"checkpoint-{resume_step}"))
     for n, p in final_weights(m).items():
         assert torch.equal(p, want[n]), f"{n} differs after resuming at step {resume_step} under {policy}"
-    assert callback.freezer.switches == len(range(0, 6 * EPOCHS, 4)) - 1
+    assert callback.freezer.switches == len(range(0, steps_per_epoch * EPOCHS, 4)) - 1
 
 
 def test_recreate_keeps_the_lr_scheduler_bound_and_resets_state_at_each_switch(tmp_path):
