@@ -252,11 +252,19 @@ def test_groups_over_the_inner_network_name_the_lightningmodule_parameters():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"policy": "rebuild"}, "unknown optimizer policy 'rebuild'"), ({"bn_stats": "eval"}, "bn_stats must be one of")],
+    [
+        ({"policy": "rebuild"}, "unknown optimizer policy 'rebuild'"),
+        ({"bn_stats": "eval"}, "bn_stats must be one of"),
+        ({"missing": "ignore"}, "missing must be one of"),
+        ({"schedule": 3}, "schedule must be a Schedule"),
+        ({"schedule": "alternate:unit=fortnight"}, "unit must be one of"),
+        ({"groups": ["first"]}, "groups must be a GroupSet or a function"),
+    ],
 )
 def test_bad_arguments_fail_when_the_callback_is_built(kwargs, message):
-    with pytest.raises(IntegrationError, match=message):
-        FreezelabCallback(halves, SCHEDULE, **kwargs)
+    args = {"groups": halves, "schedule": SCHEDULE, **kwargs}
+    with pytest.raises(ValueError, match=message):  # IntegrationError, or ScheduleError for a bad schedule spec
+        FreezelabCallback(args.pop("groups"), args.pop("schedule"), **args)
 
 
 def test_schedules_are_accepted_as_dicts_and_strings():

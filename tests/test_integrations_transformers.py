@@ -233,9 +233,16 @@ class NotATorchOptimizer:
         self.param_groups = [{"params": list(params), "lr": LR}]
 
 
-def test_an_optimizer_that_is_not_a_torch_optimizer_is_refused(tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "in-accelerates-wrapper"])
+def test_an_optimizer_that_is_not_a_torch_optimizer_is_refused(wrapped, tmp_path):
+    from accelerate.optimizer import AcceleratedOptimizer
+
     m = model()
+    optimizer = NotATorchOptimizer(m.parameters())
+    if wrapped:  # what the Trainer hands callbacks under DeepSpeed: a torch-optimizer wrapper around the engine's
+        optimizer = AcceleratedOptimizer(optimizer, device_placement=False)
     callback = FreezelabCallback(halves, SCHEDULE)
-    with pytest.raises(IntegrationError, match="not a torch.optim.Optimizer"):
-        callback.on_train_begin(trainer(m, tmp_path, []).args, transformers.TrainerState(), transformers.TrainerControl(),
-                                model=m, optimizer=NotATorchOptimizer(m.parameters()), train_dataloader=[0] * 6)
+    args, state = trainer(m, tmp_path, []).args, transformers.TrainerState(max_steps=6)
+    with pytest.raises(IntegrationError, match="optimizer is a NotATorchOptimizer, not a torch.optim.Optimizer"):
+        callback.on_train_begin(args, state, transformers.TrainerControl(), model=m, optimizer=optimizer,
+                                train_dataloader=[0] * 6)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import freezer
-from ..freezer import BN_STATS, POLICIES, Freezer
+from ..freezer import BN_STATS, MISSING, POLICIES, Freezer
 from ..groups import GroupError, GroupSet
 from ..schedules import Clock, Schedule, parse_schedule, schedule_from_dict
 
@@ -48,16 +48,20 @@ def unwrap_optimizer(optimizer: Any, host: str) -> torch.optim.Optimizer:
     """The torch optimizer inside a host's wrapper (LightningOptimizer, accelerate's AcceleratedOptimizer).
 
     Both wrappers delegate ``param_groups`` and ``state`` to the wrapped optimizer, so the
-    Freezer acts on the inner object and its changes reach what the host steps.
+    Freezer acts on the inner object and its changes reach what the host steps. A wrapper is
+    itself a torch optimizer, so what it wraps is checked too: accelerate wraps DeepSpeed's
+    engine optimizer, which is not one.
     """
-    try:
-        return freezer.unwrap_optimizer(optimizer)
-    except freezer.FreezerError:
+    innermost = optimizer
+    while getattr(innermost, "optimizer", None) is not None and innermost.optimizer is not innermost:
+        innermost = innermost.optimizer
+    if not isinstance(innermost, torch.optim.Optimizer):
         raise IntegrationError(
-            f"{host}'s optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer, so freezelab cannot "
+            f"{host}'s optimizer is a {type(innermost).__name__}, not a torch.optim.Optimizer, so freezelab cannot "
             "change what it steps (engines such as DeepSpeed keep their own flat copies of the parameters); "
             "train with a torch optimizer to use a freezing schedule"
-        ) from None
+        )
+    return freezer.unwrap_optimizer(optimizer)
 
 
 def _as_schedule(schedule: ScheduleArg) -> Schedule:
@@ -76,7 +80,7 @@ def _as_schedule(schedule: ScheduleArg) -> Schedule:
 class HostFreezing:
     """One Freezer's life inside a host: arguments checked up front, built on the host's objects later.
 
-    Checking the policy, ``bn_stats`` and schedule when the callback is constructed makes a typo fail
+    Checking the policy, ``bn_stats``, ``missing`` and schedule when the callback is constructed makes a typo fail
     before the host spends minutes setting up; the groups and the Freezer wait for the host's
     model and optimizers.
     """
@@ -95,6 +99,8 @@ class HostFreezing:
             raise IntegrationError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
         if bn_stats not in BN_STATS:
             raise IntegrationError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
+        if missing not in MISSING:
+            raise IntegrationError(f"missing must be one of {list(MISSING)}, got {missing!r}")
         if not (isinstance(groups, GroupSet) or callable(groups)):
             raise IntegrationError(
                 f"groups must be a GroupSet or a function model -> GroupSet, got {type(groups).__name__}"
@@ -143,8 +149,8 @@ class HostFreezing:
         schedule is replayed: it is a pure function of the clock, so the set when the checkpoint
         was written is its answer for ``step - 1``, and the switch count the number of changes
         before that. The next :meth:`step` then sees a real switch exactly where the
-        uninterrupted run did, so ``recreate`` and ``release`` reset state there and nowhere else
-        (a Freezer that started fresh at a switch step would take it for its first application).
+        uninterrupted run did, so ``recreate`` resets state there and nowhere else (a Freezer that
+        started fresh at a switch step would take it for its first application and keep the state).
         """
         fz = self.freezer
         assert fz is not None
