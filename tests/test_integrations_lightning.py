@@ -1,13 +1,10 @@
 """freezelab inside the real ``lightning.pytorch.Trainer``: per-optimizer-step schedule, exact freezing, exact resume.
 
-Tiny CPU runs: 24 samples in batches of 4 (6 batches an epoch), no shuffling, no workers. The
-schedule alternates the two halves every 4 optimizer steps, so with 6 steps an epoch the
-checkpoint at step 6 lies inside a phase where "first" is frozen, and the one at step 12 falls
-exactly on a switch (where ``recreate`` and ``release`` must reset state, and only there).
+The run is :mod:`host_checks`' (6 batches an epoch, halves alternating every 4 optimizer
+steps, a head that always trains). Lightning resumes exactly only from an epoch's end unless the
+dataloader itself is resumable (it warns otherwise), so the checkpoints are epoch ends chosen to
+fall inside a frozen phase (step 6) or exactly on a switch (step 12).
 """
-
-import math
-import warnings
 
 import pytest
 import torch
@@ -20,20 +17,25 @@ from freezelab.freezer import POLICIES  # noqa: E402
 from freezelab.groups import GroupError  # noqa: E402
 from freezelab.integrations import IntegrationError  # noqa: E402
 from freezelab.integrations.lightning import FreezelabCallback  # noqa: E402
-from freezelab.schedules import Alternate, Clock  # noqa: E402
 
-SCHEDULE = Alternate(unit="batch", every=4)
-SAMPLES, BATCH, EPOCHS = 24, 4, 3
-LR, GAMMA = 1e-2, 0.9
+from host_checks import (  # noqa: E402
+    BATCH, EPOCHS, LR, SCHEDULE, assert_frozen_weights_unchanged, assert_same_weights, assert_schedule_followed,
+    expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
+)
 
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+GAMMA = 0.9
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+    pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`"),  # the resumed run needs no checkpointing
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),  # inside Lightning
+]
 
 
-class LitMLP(pl.LightningModule):
+class LitNet(pl.LightningModule):
     def __init__(self, scheduler: bool = False, manual: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.net = net()
         self.scheduler = scheduler
         self.automatic_optimization = not manual
 
@@ -53,19 +55,14 @@ class LitMLP(pl.LightningModule):
 
 
 def loader():
-    g = torch.Generator().manual_seed(7)
-    data = torch.utils.data.TensorDataset(torch.randn(SAMPLES, 6, generator=g), torch.randint(0, 3, (SAMPLES,), generator=g))
-    return torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=False, num_workers=0)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*samples()), batch_size=BATCH, shuffle=False, num_workers=0
+    )
 
 
-def module(**kw) -> LitMLP:
+def module(**kw) -> LitNet:
     torch.manual_seed(0)
-    return LitMLP(**kw)
-
-
-def halves(m: nn.Module):
-    """"first" and "second" halves alternate; the head trains throughout (so it spans every switch)."""
-    return groups.depth(m, 2, head=True)
+    return LitNet(**kw)
 
 
 class Probe(pl.Callback):
@@ -75,123 +72,73 @@ class Probe(pl.Callback):
         self.rows: list[dict] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        opt = trainer.optimizers[0]
-        head = pl_module.net[4].weight
+        opt, head = trainer.optimizers[0], pl_module.net[4].weight
         self.rows.append({
-            "step": trainer.global_step,
+            **observe(pl_module, trainer.global_step),
             "epoch": trainer.current_epoch,
-            "trains": {g.name: all(p.requires_grad for p in g_params(pl_module, g)) for g in halves(pl_module)},
-            "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
             "lr": opt.param_groups[0]["lr"],
             "optimizer": opt,
             "head_adam_steps": float(opt.state[head]["step"]) if head in opt.state else 0.0,
         })
 
 
-def g_params(m, group):
-    named = dict(m.named_parameters())
-    return [named[p] for p in group.param_names]
-
-
-def trainer(tmp_path=None, *, callbacks=(), accumulate=1, every_n_train_steps=None, max_epochs=EPOCHS):
+def trainer(tmp_path=None, *, callbacks=(), accumulate=1, every_n_train_steps=None):
     cbs = list(callbacks)
     if every_n_train_steps:
         cbs.append(pl.callbacks.ModelCheckpoint(
             dirpath=tmp_path, filename="{step}", every_n_train_steps=every_n_train_steps, save_top_k=-1,
         ))
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, accumulate_grad_batches=accumulate, callbacks=cbs,
+        accelerator="cpu", devices=1, max_epochs=EPOCHS, accumulate_grad_batches=accumulate, callbacks=cbs,
         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every_n_train_steps),
         deterministic=True, num_sanity_val_steps=0,
     )
 
 
-def expected(step: int, steps_per_epoch: int) -> dict[str, bool]:
-    on = SCHEDULE.trainable(Clock.at(step, steps_per_epoch, EPOCHS), ("first", "second"))
-    return {"first": "first" in on, "second": "second" in on, "head": True}
-
-
 # -- the schedule, step by step ------------------------------------------------------------
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_the_schedule_is_followed_per_optimizer_step(accumulate):
-    probe, m = Probe(), module()
-    trainer(callbacks=[FreezelabCallback(halves, SCHEDULE), probe], accumulate=accumulate).fit(m, loader())
-    steps_per_epoch = math.ceil(SAMPLES / BATCH / accumulate)
-    steps = [r["step"] for r in probe.rows]
-    # every optimizer step gets exactly `accumulate` micro-batches, all with the same trainable set
-    assert steps == [s for s in range(steps_per_epoch * EPOCHS) for _ in range(accumulate)]
-    for row in probe.rows:
-        assert row["trains"] == expected(row["step"], steps_per_epoch), row["step"]
-    assert {r["epoch"] for r in probe.rows} == set(range(EPOCHS))
+    probe = Probe()
+    trainer(callbacks=[FreezelabCallback(halves, SCHEDULE), probe], accumulate=accumulate).fit(module(), loader())
+    assert_schedule_followed(probe.rows, accumulate)
+    assert [r["epoch"] for r in probe.rows] == [r["step"] // steps_per_epoch(accumulate) for r in probe.rows]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_frozen_weights_are_bit_identical_while_frozen(policy):
-    probe, m = Probe(), module()
-    trainer(callbacks=[FreezelabCallback(halves, SCHEDULE, policy=policy), probe], accumulate=2).fit(m, loader())
-    gs = halves(m)
-    starts = {}
-    for row in probe.rows:
-        starts.setdefault(row["step"], row)
-    moved = 0
-    for step in sorted(starts)[:-1]:
-        before, after = starts[step], starts[step + 1]
-        for g in gs:
-            same = all(torch.equal(before["weights"][p], after["weights"][p]) for p in g.param_names)
-            if not before["trains"][g.name]:
-                assert same, f"{g.name} moved at step {step} while frozen"
-            moved += not same
-    assert moved > 0
+    probe = Probe()
+    trainer(callbacks=[FreezelabCallback(halves, SCHEDULE, policy=policy), probe], accumulate=2).fit(module(), loader())
+    assert_frozen_weights_unchanged(probe.rows)
 
 
 def test_gradient_accumulation_matches_a_plain_loop_with_the_freezer():
     """No accumulated gradient is lost at a switch: Lightning with accumulate=2 equals the obvious torch loop."""
     m = module()
     trainer(callbacks=[FreezelabCallback(halves, SCHEDULE)], accumulate=2).fit(m, loader())
-
-    from freezelab import Freezer
-
     ref = module()
-    opt = ref.configure_optimizers()
-    fz = Freezer(ref, halves(ref), SCHEDULE, opt)
-    batches = list(loader())
-    spe = math.ceil(len(batches) / 2)
-    step = 0
-    for _ in range(EPOCHS):
-        for i in range(0, len(batches), 2):
-            fz.step(Clock.at(step, spe, EPOCHS))
-            for x, y in batches[i:i + 2]:
-                (ref.training_step((x, y), 0) / 2).backward()
-            opt.step()
-            opt.zero_grad()
-            step += 1
+    plain_loop(ref, ref.configure_optimizers(), lambda x, y: ref.training_step((x, y), 0), accumulate=2)
     for (n, a), b in zip(m.named_parameters(), ref.parameters()):
         assert torch.allclose(a, b, rtol=0, atol=1e-6), n
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def final_weights(m):
-    return {n: p.detach().clone() for n, p in m.named_parameters()}
-
-
 _uninterrupted: dict[tuple, tuple] = {}
 
 
-def uninterrupted(policy: str, tmp_path_factory, accumulate: int = 1):
+def uninterrupted(policy: str, accumulate: int, tmp_path_factory):
     """One full run per policy and accumulation, checkpointing at every epoch's end."""
     key = (policy, accumulate)
     if key not in _uninterrupted:
         ckpts = tmp_path_factory.mktemp(f"lightning-{policy}-{accumulate}")
         m = module()
         callbacks = [FreezelabCallback(halves, SCHEDULE, policy=policy)]
-        steps_per_epoch = math.ceil(SAMPLES / BATCH / accumulate)
-        trainer(ckpts, callbacks=callbacks, accumulate=accumulate, every_n_train_steps=steps_per_epoch).fit(m, loader())
-        _uninterrupted[key] = (final_weights(m), ckpts)
+        trainer(ckpts, callbacks=callbacks, accumulate=accumulate, every_n_train_steps=steps_per_epoch(accumulate)).fit(
+            m, loader()
+        )
+        _uninterrupted[key] = (weights(m), ckpts)
     return _uninterrupted[key]
 
 
-# Lightning resumes exactly only at an epoch's end unless the dataloader itself is resumable
-# (it warns otherwise), so the checkpoints are epoch ends chosen to fall inside a phase or on a switch.
 @pytest.mark.parametrize(
     ("accumulate", "resume_step"),
     [(1, 6), (1, 12), (2, 6)],
@@ -199,29 +146,26 @@ def uninterrupted(policy: str, tmp_path_factory, accumulate: int = 1):
 )
 @pytest.mark.parametrize("policy", POLICIES)
 def test_resume_is_bit_identical_to_the_uninterrupted_run(policy, accumulate, resume_step, tmp_path_factory):
-    want, ckpts = uninterrupted(policy, tmp_path_factory, accumulate)
-    steps_per_epoch = math.ceil(SAMPLES / BATCH / accumulate)
-    before = expected(resume_step - 1, steps_per_epoch)
-    assert resume_step % SCHEDULE.every == 0 or not all(before.values())  # a switch, or taken while a group is frozen
+    want, ckpts = uninterrupted(policy, accumulate, tmp_path_factory)
+    assert resume_step % SCHEDULE.every == 0 or not all(expected(resume_step - 1, accumulate).values())
     m, callback = module(), FreezelabCallback(halves, SCHEDULE, policy=policy)
     trainer(callbacks=[callback], accumulate=accumulate).fit(m, loader(), ckpt_path=ckpts / f"step={resume_step}.ckpt")
-    for n, p in final_weights(m).items():
-        assert torch.equal(p, want[n]), f"{n} differs after resuming at step {resume_step} under {policy}"
-    assert callback.freezer.switches == len(range(0, steps_per_epoch * EPOCHS, SCHEDULE.every)) - 1
+    assert_same_weights(m, want, f"after resuming at step {resume_step} under {policy}")
+    assert callback.freezer.switches == switches(accumulate)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_a_checkpoint_without_freezelab_state_resumes_by_replaying_the_schedule(policy, tmp_path_factory):
     """An optimizer state without freezelab's key (written before the callback was added, say) still resumes exactly."""
-    want, ckpts = uninterrupted(policy, tmp_path_factory)
+    want, ckpts = uninterrupted(policy, 1, tmp_path_factory)
     checkpoint = torch.load(ckpts / "step=12.ckpt", weights_only=False)
     assert checkpoint["optimizer_states"][0].pop("freezelab")["trainable"] == ["first", "head"]
     stripped = tmp_path_factory.mktemp("stripped") / "step=12.ckpt"
     torch.save(checkpoint, stripped)
     m, callback = module(), FreezelabCallback(halves, SCHEDULE, policy=policy)
     trainer(callbacks=[callback]).fit(m, loader(), ckpt_path=stripped)
-    for n, p in final_weights(m).items():
-        assert torch.equal(p, want[n]), f"{n} differs after resuming under {policy}"
+    assert_same_weights(m, want, f"after resuming under {policy}")
+    assert callback.freezer.switches == switches(1)
 
 
 def test_recreate_keeps_the_lr_scheduler_bound_and_resets_state_at_each_switch():
@@ -234,8 +178,7 @@ def test_recreate_keeps_the_lr_scheduler_bound_and_resets_state_at_each_switch()
     for row in probe.rows:  # and the StepLR keeps setting the LR that optimizer uses, across every switch
         assert row["lr"] == pytest.approx(LR * GAMMA ** row["step"], rel=1e-12)
     # the head trains throughout; its Adam step count restarts at every switch (steps 4, 8, 12, 16)
-    adam = [r["head_adam_steps"] for r in probe.rows]
-    assert adam == [s % 4 for s in range(6 * EPOCHS)]
+    assert [r["head_adam_steps"] for r in probe.rows] == [s % SCHEDULE.every for s in range(len(probe.rows))]
 
 
 # -- what Lightning cannot do, said once ------------------------------------------------------
