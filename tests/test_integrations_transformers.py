@@ -18,8 +18,8 @@ from freezelab.integrations import IntegrationError  # noqa: E402
 from freezelab.integrations.transformers import FreezelabCallback  # noqa: E402
 
 from host_checks import (  # noqa: E402
-    BATCH, EPOCHS, LR, SCHEDULE, assert_frozen_weights_unchanged, assert_same_weights, assert_schedule_followed,
-    expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
+    BATCH, EPOCHS, LR, SCHEDULE, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
+    assert_schedule_followed, expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
 )
 
 transformers.logging.set_verbosity_error()
@@ -119,8 +119,7 @@ def test_gradient_accumulation_matches_a_plain_loop_with_the_freezer(tmp_path):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (total - s) / total)
     plain_loop(ref, opt, lambda x, y: ref(x, y)["loss"], accumulate=2,
                before_step=lambda: nn.utils.clip_grad_norm_(ref.parameters(), 1.0), after_step=sched.step)
-    for (n, a), b in zip(m.named_parameters(), ref.parameters()):
-        assert torch.allclose(a, b, rtol=0, atol=1e-6), n
+    assert_close_weights(m, ref)
 
 
 # -- checkpoints ----------------------------------------------------------------------------
@@ -133,7 +132,8 @@ def uninterrupted(policy: str, accumulate: int, tmp_path_factory):
     if key not in _uninterrupted:
         out = tmp_path_factory.mktemp(f"hf-{policy}-{accumulate}")
         m = model()
-        trainer(m, out, [FreezelabCallback(halves, SCHEDULE, policy=policy)], accumulate=accumulate, save_steps=2).train()
+        callbacks = [FreezelabCallback(halves, SCHEDULE, policy=policy)]
+        trainer(m, out, callbacks, accumulate=accumulate, save_steps=2).train()
         _uninterrupted[key] = (weights(m), out)
     return _uninterrupted[key]
 
@@ -148,7 +148,8 @@ def test_resume_is_bit_identical_to_the_uninterrupted_run(policy, accumulate, re
     want, out = uninterrupted(policy, accumulate, tmp_path_factory)
     assert resume_step % SCHEDULE.every == 0 or not all(expected(resume_step - 1, accumulate).values())
     m, callback = model(), FreezelabCallback(halves, SCHEDULE, policy=policy)
-    trainer(m, tmp_path, [callback], accumulate=accumulate).train(resume_from_checkpoint=str(out / f"checkpoint-{resume_step}"))
+    hf = trainer(m, tmp_path, [callback], accumulate=accumulate)
+    hf.train(resume_from_checkpoint=str(out / f"checkpoint-{resume_step}"))
     assert_same_weights(m, want, f"after resuming at step {resume_step} under {policy}")
     assert callback.freezer.switches == switches(accumulate)
 

@@ -90,7 +90,9 @@ class FreezelabCallback(pl.Callback):
         # Lightning has restored the loops and the optimizer state by now.
         self._host.resume(trainer.global_step, self._clock_at)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._host.step(self._clock(trainer.global_step, trainer.current_epoch))
 
     # -- clock ----------------------------------------------------------------------------

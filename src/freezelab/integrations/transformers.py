@@ -88,7 +88,9 @@ class FreezelabCallback(TrainerCallback):
         self._host.build(model, [optimizer])
         self._host.resume(state.global_step, self._clock_at)
 
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._host.step(self._clock_at(state.global_step))
 
     def _clock_at(self, step: int) -> Clock:
