@@ -277,3 +277,62 @@ def test_a_schedule_that_freezes_everything_is_one_clear_error():
     fz.step(Clock.at(0, SPE, EPOCHS))
     with pytest.raises(FreezerError, match="at step 2 .* leaves nothing in the model trainable"):
         fz.step(Clock.at(2, SPE, EPOCHS))
+
+
+# -- per-group learning-rate factors (FreezeOut's annealing) ---------------------------------------
+class _Halving(Standard):
+    """A test schedule that trains everything and gives group "first" half the learning rate after step 1."""
+
+    scales_lr = True
+
+    def lr_factors(self, clock, groups):
+        return {"first": 0.5 if clock.step >= 1 else 1.0}
+
+
+def test_lr_factors_scale_each_param_group_around_the_step_only():
+    from freezelab.optim import param_groups_by_group
+
+    model = mlp()
+    gs = groups.depth(model, 2)
+    opt = torch.optim.SGD(param_groups_by_group(model, gs), lr=0.1)
+    lr_sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    fz = Freezer(model, gs, _Halving(), opt)
+    named = dict(model.named_parameters())
+    for step in range(4):
+        fz.step(Clock.at(step, SPE, EPOCHS))
+        x, y = batch(step)
+        nn.functional.cross_entropy(model(x), y).backward()
+        w0, w4 = named["0.weight"].detach().clone(), named["4.weight"].detach().clone()
+        g0, g4 = named["0.weight"].grad.clone(), named["4.weight"].grad.clone()
+        opt.step()
+        base = 0.1 * 0.1 ** (step // 2)
+        assert torch.allclose(w0 - named["0.weight"], base * (0.5 if step >= 1 else 1.0) * g0, atol=1e-7)
+        assert torch.allclose(w4 - named["4.weight"], base * g4, atol=1e-7)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([base, base])  # restored after the step
+        opt.zero_grad()
+        lr_sched.step()
+
+
+def test_lr_factors_need_one_param_group_per_freezelab_group():
+    model = mlp()
+    with pytest.raises(FreezerError, match="one param group per freezelab group"):
+        Freezer(model, groups.depth(model, 2), _Halving(), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_resume_at_makes_the_next_step_a_real_switch_for_a_late_freezer():
+    """The HF order: the optimizer state is loaded before the Freezer exists, and the resume step is a switch."""
+    model_a, opt_a = fresh(0, "adamw")
+    train(model_a, Freezer(model_a, groups.depth(model_a, 2), SCHEDULE, opt_a, policy="recreate"), opt_a, range(STEPS))
+    model_b, opt_b = fresh(0, "adamw")
+    fz_b = Freezer(model_b, groups.depth(model_b, 2), SCHEDULE, opt_b, policy="recreate")
+    train(model_b, fz_b, opt_b, range(3))  # step 3 is a switch
+    checkpoint = roundtrip({"model": model_b.state_dict(), "optimizer": opt_b.state_dict(), "fz": fz_b.state_dict()})
+    model_c, opt_c = fresh(5, "adamw")
+    model_c.load_state_dict(checkpoint["model"])
+    opt_c.load_state_dict(checkpoint["optimizer"])  # no freezer attached yet
+    fz_c = Freezer(model_c, groups.depth(model_c, 2), SCHEDULE, opt_c, policy="recreate")
+    fz_c.resume_at(Clock.at(2, SPE, EPOCHS))
+    fz_c.load_state_dict({"trainable": checkpoint["fz"]["trainable"], "switches": checkpoint["fz"]["switches"]})
+    train(model_c, fz_c, opt_c, range(3, STEPS))
+    assert_same(model_a, opt_a, model_c, opt_c)
+    assert fz_c.switches == 3

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .groups import NORM_TYPES, GroupSet
+from .groups import NORM_TYPES, GroupSet, mark_frozen_by_freezelab, user_frozen
 from .schedules import Clock, Schedule
 
 __all__ = ["Freezer", "FreezerError", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
@@ -84,22 +84,8 @@ class FreezerError(ValueError):
     """A freezer that cannot do what it is asked; the message names the parameters and the fix."""
 
 
-# Parameters some freezer froze. A later freezer on the same model (the functional form
-# called twice, a second study on one model) may thaw these; everything else that is frozen
-# when a freezer is built was frozen by the user and stays frozen.
-_frozen_here: dict[int, weakref.ref] = {}
 # The freezer attached to each optimizer (one at a time: a new one takes over the hooks).
 _attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _mark_frozen(p: torch.Tensor) -> None:
-    key = id(p)
-    _frozen_here[key] = weakref.ref(p, lambda _, key=key: _frozen_here.pop(key, None))
-
-
-def _frozen_by_freezelab(p: torch.Tensor) -> bool:
-    ref = _frozen_here.get(id(p))
-    return ref is not None and ref() is p
 
 
 def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
@@ -237,10 +223,12 @@ class Freezer:
         self.trainable: frozenset[str] | None = None
         self.switches = 0
         self.trainable_numel = 0
+        self._clock: Clock | None = None  # the clock of the step being taken (for per-group LR factors)
         self._params = self._managed_params(model, groups)
         self._total_numel = sum(p.numel() for p in model.parameters())
         self._views = [_OptimizerView(o, _attached[o]._view_of(o) if o in _attached else None) for o in optimizers]
         self._check_optimizers(missing)
+        self._lr_groups = self._lr_group_names() if self.scales_lr else None
         for view in self._views:
             self._attach(view)
         self._norms = [
@@ -258,7 +246,7 @@ class Freezer:
         for g in groups:
             params = [named[p] for p in g.param_names]
             if not getattr(g, "explicit", False):
-                params = [p for p in params if p.requires_grad or _frozen_by_freezelab(p)]
+                params = [p for p in params if not user_frozen(p)]
             if not params:
                 raise FreezerError(
                     f"group {g.name!r} holds only parameters that were frozen before the Freezer was built "
@@ -292,7 +280,48 @@ class Freezer:
             "missing='add' to put them in its first param group"
         )
 
+    def _lr_group_names(self) -> list[list[str | None]]:
+        """For each optimizer param group, the one freezelab group its managed parameters belong to.
+
+        A schedule that scales learning rates per group (FreezeOut's annealing) can only do so
+        through param groups, so each param group may hold one freezelab group's parameters.
+        """
+        owner = {id(p): name for name, params in self._params.items() for p in params}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        out = []
+        for view in self._views:
+            row = []
+            for full in view.full:
+                found = {owner[id(p)] for p in full if id(p) in owner}
+                if len(found) > 1:
+                    example = ", ".join(repr(names.get(id(p), "?")) for p in full[:3])
+                    raise FreezerError(
+                        f"{self.schedule.describe()} sets a learning rate per group, but one optimizer param group "
+                        f"({example}, ...) holds the groups {sorted(found)}; build the optimizer with one param group "
+                        "per freezelab group: freezelab.optim.param_groups_by_group(model, groups)"
+                    )
+                row.append(found.pop() if found else None)
+            out.append(row)
+        return out
+
     # -- the per-step entry point ----------------------------------------------------
+    @property
+    def scales_lr(self) -> bool:
+        """Whether the schedule also sets per-group learning-rate factors (FreezeOut's annealing)."""
+        return bool(getattr(self.schedule, "scales_lr", False))
+
+    def lr_factors(self, clock: Clock) -> list[list[float]]:
+        """The learning-rate factor of every param group of every optimizer at ``clock`` (1.0 if unscaled).
+
+        The freezer applies them itself around each ``optimizer.step()`` (a step pre-hook scales
+        ``group["lr"]``, a post-hook restores it), so loops and LR schedulers need not know.
+        Param groups follow the full membership (the same count under every policy).
+        """
+        if self._lr_groups is None:
+            return [[1.0] * len(view.full) for view in self._views]
+        factors = self.schedule.lr_factors(clock, self.groups.schedulable)
+        return [[float(factors.get(name, 1.0)) if name is not None else 1.0 for name in row] for row in self._lr_groups]
+
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [view.opt for view in self._views]
@@ -309,6 +338,7 @@ class Freezer:
     def step(self, clock: Clock) -> bool:
         """Apply the schedule's answer for ``clock``; ``True`` if the trainable set changed."""
         names = self.wanted(clock)
+        self._clock = clock
         changed = names != self.trainable
         if changed:
             self.apply(names)
@@ -338,7 +368,7 @@ class Freezer:
                 p.requires_grad_(on)
                 if not on:
                     p.grad = None
-                    _mark_frozen(p)
+                    mark_frozen_by_freezelab(p)
         self.trainable_numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     # -- optimizer policies -------------------------------------------------------------
@@ -403,7 +433,33 @@ class Freezer:
             opt.register_load_state_dict_pre_hook(before_load),
             opt.register_load_state_dict_post_hook(after_load),
         ]
+        if self.scales_lr:
+            view.handles += self._lr_hooks(view)
         _attached[opt] = self
+
+    def _lr_hooks(self, view: _OptimizerView) -> list[Any]:
+        """Scale each param group's learning rate by the schedule's factor for the duration of a step.
+
+        Applied around ``optimizer.step()`` rather than written into ``group["lr"]``, so whoever
+        sets the base learning rate (freezelab's loop, a torch LR scheduler, a host trainer)
+        keeps doing so and the factor multiplies what it set.
+        """
+        index, me, saved = self._views.index(view), weakref.ref(self), []
+
+        def before_step(opt, _args, _kwargs):
+            fz = me()
+            if fz is None or fz._clock is None:
+                return
+            saved[:] = [group["lr"] for group in opt.param_groups]
+            for group, factor in zip(opt.param_groups, fz.lr_factors(fz._clock)[index]):
+                group["lr"] = group["lr"] * factor
+
+        def after_step(opt, _args, _kwargs):
+            for group, lr in zip(opt.param_groups, saved):
+                group["lr"] = lr
+            saved.clear()
+
+        return [view.opt.register_step_pre_hook(before_step), view.opt.register_step_post_hook(after_step)]
 
     def _sync_groups(self, view: _OptimizerView) -> None:
         """Param-group membership as the policy says for the current flags (no state change)."""
@@ -434,6 +490,22 @@ class Freezer:
         return self.trainable_numel / self._total_numel if self._total_numel else 0.0
 
     # -- checkpoints ----------------------------------------------------------------------
+    def resume_at(self, clock: Clock) -> None:
+        """Declare that training already ran the step at ``clock``, without touching optimizer state.
+
+        For a freezer built *after* a host restored the optimizer (the Hugging Face Trainer does
+        that before any callback runs): it takes the trainable set the schedule gave at the
+        last finished step, so the next :meth:`step` is a real switch where the schedule says
+        so (``recreate`` then resets the state, as the uninterrupted run did). Restore the
+        switch count separately (:meth:`load_state_dict` with the saved set and count).
+        """
+        self._set_flags(self.wanted(clock))
+        self.trainable = self.wanted(clock)
+        for view in self._views:
+            self._sync_groups(view)
+            if self.policy == "release":
+                view.drop_frozen_state()
+
     def state_dict(self) -> dict[str, Any]:
         """The trainable set, the switch count and the optimizers' (torch-native) state."""
         return {
@@ -443,11 +515,16 @@ class Freezer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (on a freshly built model and optimizer)."""
+        """Restore what :meth:`state_dict` saved (on a freshly built model and optimizer).
+
+        A state without optimizer entries restores only the trainable set and switch count.
+        """
         if state.get("trainable") is not None:
             self.apply(frozenset(state["trainable"]))
         self.switches = state.get("switches", 0)
-        saved = state.get("optimizers", [state["optimizer"]] if "optimizer" in state else [])
+        if "optimizers" not in state and "optimizer" not in state:
+            return  # the set and the count only: a host checkpoints the optimizer itself
+        saved = state.get("optimizers", [state.get("optimizer")])
         if len(saved) != len(self._views):
             raise FreezerError(f"the checkpoint holds {len(saved)} optimizer state(s), this freezer has {len(self._views)}")
         for opt, opt_state in zip(self.optimizers, saved):

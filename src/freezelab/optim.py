@@ -71,6 +71,27 @@ def build_optimizer(
     return cls(params, **options)
 
 
+def param_groups_by_group(model: torch.nn.Module, groups: Any) -> list[dict[str, Any]]:
+    """One optimizer param group per freezelab group (plus one for parameters in no group).
+
+    What a schedule that sets per-group learning rates (FreezeOut's annealing) needs: the loop
+    can only give different parameters different learning rates through param groups. Each
+    group dict carries its freezelab group's name under ``"freezelab_group"`` for readers.
+
+    >>> from freezelab import groups
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    >>> [g["freezelab_group"] for g in param_groups_by_group(net, groups.layers(net))]
+    ['0', '1']
+    """
+    named = dict(model.named_parameters())
+    out = [{"params": [named[n] for n in g.param_names], "freezelab_group": g.name} for g in groups]
+    grouped = {n for g in groups for n in g.param_names}
+    rest = [p for n, p in named.items() if n not in grouped]
+    if rest:
+        out.append({"params": rest, "freezelab_group": None})
+    return out
+
+
 def list_optimizers() -> dict[str, str]:
     """Optimizer names, each with a one-line description (for the CLI)."""
     return {name: description for name, (_, description) in _OPTIMIZERS.items()}
