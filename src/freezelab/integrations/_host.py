@@ -161,5 +161,6 @@ class HostFreezing:
             names = fz.wanted(clock_at(s))
             switches += current is not None and names != current
             current = names
-        fz.apply(current)  # the first application: the Freezer leaves the loaded state as it is
-        fz.switches = switches
+        # The set and the count only: the optimizer state is the host's, already loaded, and this
+        # first application of the set leaves it as it is.
+        fz.load_state_dict({"trainable": sorted(current), "switches": switches})
