@@ -49,10 +49,10 @@ def switches(accumulate: int) -> int:
     return len(range(0, steps_per_epoch(accumulate) * EPOCHS, SCHEDULE.every)) - 1
 
 
-def observe(model: nn.Module, step: int) -> dict:
+def observe(model: nn.Module, step: int, gs=None) -> dict:
     """What a probe records before a micro-batch: the step, which groups train, each group's weights."""
     named = dict(model.named_parameters())
-    gs = halves(model)
+    gs = gs if gs is not None else halves(model)
     return {
         "step": step,
         "trains": {g.name: all(named[p].requires_grad for p in g.param_names) for g in gs},
@@ -123,3 +123,34 @@ def plain_loop(
             after_step()
             opt.zero_grad()
             step += 1
+
+
+# -- real model families (tests/model_families.py) inside the hosts ------------------------------
+#: The families a host test trains: PEFT LoRA (the base frozen by peft, the host's optimizer built
+#: from requires_grad parameters only), a tied-weights language model, a user-frozen first layer.
+HOST_FAMILIES = ("peft_lora", "tied_lm", "prefrozen")
+FAMILY_SCHEDULE = Alternate(unit="batch", every=2)
+FAMILY_BATCHES, FAMILY_ACCUMULATE = 8, 2  # one epoch of 4 optimizer steps
+
+
+def family_groups(fam) -> Callable[[nn.Module], object]:
+    """Halves plus an always-trainable head, over whatever module the host wraps around the family's model."""
+    return lambda module: groups.depth(module, 2, head=True, example_input=fam.example_input)
+
+
+def family_samples(fam) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(fam.make_batch(seed) for seed in range(FAMILY_BATCHES)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def assert_family_run(rows: list[dict], frozen_before: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Schedule per optimizer step, frozen phases bit-identical, and what the user froze never moved nor thawed."""
+    steps = FAMILY_BATCHES // FAMILY_ACCUMULATE
+    assert [r["step"] for r in rows] == [s for s in range(steps) for _ in range(FAMILY_ACCUMULATE)]
+    for row in rows:
+        on = FAMILY_SCHEDULE.trainable(Clock.at(row["step"], steps, 1), ("first", "second"))
+        assert row["trains"] == {"first": "first" in on, "second": "second" in on, "head": True}, row["step"]
+    assert_frozen_weights_unchanged(rows)
+    named = dict(model.named_parameters())
+    for name, before in frozen_before.items():
+        assert not named[name].requires_grad and torch.equal(named[name], before), name

@@ -18,8 +18,11 @@ from freezelab.groups import GroupError  # noqa: E402
 from freezelab.integrations import IntegrationError  # noqa: E402
 from freezelab.integrations.lightning import FreezelabCallback  # noqa: E402
 
+import model_families  # noqa: E402
+
 from host_checks import (  # noqa: E402
-    BATCH, EPOCHS, LR, SCHEDULE, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
+    BATCH, EPOCHS, FAMILY_ACCUMULATE, FAMILY_SCHEDULE, HOST_FAMILIES, LR, SCHEDULE, assert_family_run, family_groups,
+    family_samples, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
     assert_schedule_followed, expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
 )
 
@@ -68,13 +71,15 @@ def module(**kw) -> LitNet:
 class Probe(pl.Callback):
     """Records, before every micro-batch (after freezelab's callback), what the step will see."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups=None) -> None:
         self.rows: list[dict] = []
+        self.groups = groups  # None: host_checks' halves of LitNet
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        opt, head = trainer.optimizers[0], pl_module.net[4].weight
+        opt = trainer.optimizers[0]
+        head = pl_module.net[4].weight if self.groups is None else None
         self.rows.append({
-            **observe(pl_module, trainer.global_step),
+            **observe(pl_module, trainer.global_step, self.groups),
             "epoch": trainer.current_epoch,
             "lr": opt.param_groups[0]["lr"],
             "optimizer": opt,
@@ -82,14 +87,14 @@ class Probe(pl.Callback):
         })
 
 
-def trainer(tmp_path=None, *, callbacks=(), accumulate=1, every_n_train_steps=None):
+def trainer(tmp_path=None, *, callbacks=(), accumulate=1, every_n_train_steps=None, max_epochs=EPOCHS):
     cbs = list(callbacks)
     if every_n_train_steps:
         cbs.append(pl.callbacks.ModelCheckpoint(
             dirpath=tmp_path, filename="{step}", every_n_train_steps=every_n_train_steps, save_top_k=-1,
         ))
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=EPOCHS, accumulate_grad_batches=accumulate, callbacks=cbs,
+        accelerator="cpu", devices=1, max_epochs=max_epochs, accumulate_grad_batches=accumulate, callbacks=cbs,
         logger=False, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=bool(every_n_train_steps), deterministic=True, num_sanity_val_steps=0,
     )
@@ -119,6 +124,37 @@ def test_gradient_accumulation_matches_a_plain_loop_with_the_freezer():
     ref = module()
     plain_loop(ref, ref.configure_optimizers(), lambda x, y: ref.training_step((x, y), 0), accumulate=2)
     assert_close_weights(m, ref)
+
+
+class FamilyModule(pl.LightningModule):
+    """A family's model as a LightningModule, with the usual optimizer over requires_grad parameters only."""
+
+    def __init__(self, fam) -> None:
+        super().__init__()
+        self.model, self.loss_fn = fam.model, fam.loss_fn
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        return self.loss_fn(self.model, batch)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=LR)
+
+
+@pytest.mark.parametrize("name", HOST_FAMILIES)
+def test_real_model_families_follow_the_schedule_and_keep_what_the_user_froze(name):
+    fam = model_families.load(name)
+    m, build_groups = FamilyModule(fam), family_groups(fam)
+    probe = Probe(build_groups(m))
+    frozen_before = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*family_samples(fam)), batch_size=model_families.BATCH, shuffle=False
+    )
+    callbacks = [FreezelabCallback(build_groups, FAMILY_SCHEDULE), probe]
+    trainer(callbacks=callbacks, accumulate=FAMILY_ACCUMULATE, max_epochs=1).fit(m, data)
+    assert_family_run(probe.rows, frozen_before, m)
 
 
 # -- checkpoints ----------------------------------------------------------------------------

@@ -17,8 +17,11 @@ from freezelab.freezer import POLICIES  # noqa: E402
 from freezelab.integrations import IntegrationError  # noqa: E402
 from freezelab.integrations.transformers import FreezelabCallback  # noqa: E402
 
+import model_families  # noqa: E402
+
 from host_checks import (  # noqa: E402
-    BATCH, EPOCHS, LR, SCHEDULE, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
+    BATCH, EPOCHS, FAMILY_ACCUMULATE, FAMILY_SCHEDULE, HOST_FAMILIES, LR, SCHEDULE, assert_family_run, family_groups,
+    family_samples, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
     assert_schedule_followed, expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
 )
 
@@ -38,8 +41,8 @@ class TinyClassifier(nn.Module):
 
 
 class Samples(torch.utils.data.Dataset):
-    def __init__(self) -> None:
-        self.x, self.y = samples()
+    def __init__(self, xy=None) -> None:
+        self.x, self.y = xy if xy is not None else samples()
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,9 +59,10 @@ def model() -> TinyClassifier:
 class Probe(transformers.TrainerCallback):
     """Records, before every micro-batch (after freezelab's callback), what it will see."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups=None) -> None:
         self.rows: list[dict] = []
         self.step_begins: list[int] = []
+        self.groups = groups  # None: host_checks' halves of TinyClassifier
 
     def on_step_begin(self, args, state, control, **kw):
         self.step_begins.append(state.global_step)
@@ -68,9 +72,9 @@ class Probe(transformers.TrainerCallback):
         self._record(state, **kw)  # before the window's next micro-batch
 
     def _record(self, state, model, optimizer, lr_scheduler, **kw):
-        head = model.net[4].weight
+        head = model.net[4].weight if self.groups is None else None
         self.rows.append({
-            **observe(model, state.global_step),
+            **observe(model, state.global_step, self.groups),
             "lr": optimizer.param_groups[0]["lr"],
             "optimizer": optimizer.optimizer,  # inside accelerate's AcceleratedOptimizer
             "scheduler_optimizer": lr_scheduler.optimizer.optimizer,
@@ -78,14 +82,16 @@ class Probe(transformers.TrainerCallback):
         })
 
 
-def trainer(m, out, callbacks, *, accumulate=1, save_steps=None):
+def trainer(m, out, callbacks, *, accumulate=1, save_steps=None, epochs=EPOCHS, data=None, cls=transformers.Trainer):
+    """The Trainer on CPU, reading the data in order, reporting nowhere."""
     args = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=accumulate,
-        num_train_epochs=EPOCHS, learning_rate=LR, weight_decay=0.1, report_to=[], use_cpu=True,
+        num_train_epochs=epochs, learning_rate=LR, weight_decay=0.1, report_to=[], use_cpu=True,
         train_sampling_strategy="sequential", dataloader_num_workers=0, logging_strategy="no", disable_tqdm=True,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0,
+        remove_unused_columns=False,  # the family models' forward(input) does not name the "x" column
     )
-    return transformers.Trainer(model=m, args=args, train_dataset=Samples(), callbacks=list(callbacks))
+    return cls(model=m, args=args, train_dataset=data or Samples(), callbacks=list(callbacks))
 
 
 # -- the schedule, step by step ------------------------------------------------------------
@@ -120,6 +126,25 @@ def test_gradient_accumulation_matches_a_plain_loop_with_the_freezer(tmp_path):
     plain_loop(ref, opt, lambda x, y: ref(x, y)["loss"], accumulate=2,
                before_step=lambda: nn.utils.clip_grad_norm_(ref.parameters(), 1.0), after_step=sched.step)
     assert_close_weights(m, ref)
+
+
+@pytest.mark.parametrize("name", HOST_FAMILIES)
+def test_real_model_families_follow_the_schedule_and_keep_what_the_user_froze(name, tmp_path):
+    """The Trainer's optimizer holds only requires_grad parameters: PEFT's base stays out, and frozen."""
+    fam = model_families.load(name)
+
+    class FamilyTrainer(transformers.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return fam.loss_fn(model, (inputs["x"], inputs["labels"]))
+
+    build_groups = family_groups(fam)
+    probe = Probe(build_groups(fam.model))
+    frozen_before = {n: p.detach().clone() for n, p in fam.model.named_parameters() if not p.requires_grad}
+    callbacks = [FreezelabCallback(build_groups, FAMILY_SCHEDULE), probe]
+    data = Samples(family_samples(fam))
+    hf = trainer(fam.model, tmp_path, callbacks, accumulate=FAMILY_ACCUMULATE, epochs=1, data=data, cls=FamilyTrainer)
+    hf.train()
+    assert_family_run(probe.rows, frozen_before, fam.model)
 
 
 # -- checkpoints ----------------------------------------------------------------------------
