@@ -223,6 +223,11 @@ def test_manual_optimization_is_refused_with_the_way_out():
         trainer(callbacks=[FreezelabCallback(halves, SCHEDULE)]).fit(module(manual=True), loader())
 
 
+def test_a_run_without_a_length_is_refused():
+    with pytest.raises(IntegrationError, match="set max_epochs or max_steps"):
+        trainer(callbacks=[FreezelabCallback(halves, SCHEDULE)], max_epochs=-1).fit(module(), loader())
+
+
 def test_groups_over_the_inner_network_name_the_lightningmodule_parameters():
     m = module()
     with pytest.raises(GroupError, match=r"named like 'net\.0\.weight'.*groups=lambda model"):
