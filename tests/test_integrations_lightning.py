@@ -21,9 +21,9 @@ from freezelab.integrations.lightning import FreezelabCallback  # noqa: E402
 import model_families  # noqa: E402
 
 from host_checks import (  # noqa: E402
-    BATCH, EPOCHS, FAMILY_ACCUMULATE, FAMILY_SCHEDULE, HOST_FAMILIES, LR, SCHEDULE, assert_family_run, family_groups,
-    family_samples, assert_close_weights, assert_frozen_weights_unchanged, assert_same_weights,
-    assert_schedule_followed, expected, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
+    BATCH, EPOCHS, FAMILY_ACCUMULATE, FAMILY_SCHEDULE, HOST_FAMILIES, LR, SCHEDULE, assert_close_weights,
+    assert_family_run, assert_frozen_weights_unchanged, assert_same_weights, assert_schedule_followed, expected,
+    family_groups, family_samples, halves, net, observe, plain_loop, samples, steps_per_epoch, switches, weights,
 )
 
 GAMMA = 0.9
