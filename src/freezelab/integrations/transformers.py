@@ -7,8 +7,8 @@ Example::
     from freezelab.integrations.transformers import FreezelabCallback
 
     freezing = FreezelabCallback(
-        lambda model: groups.kind(model),               # built on the model the Trainer trains
-        "alternate:groups=[lora,norm],unit=batch,every=100",
+        lambda model: groups.depth(model, 2, head=True),  # on a PEFT model: its LoRA halves + head
+        "alternate:unit=batch,every=100",
         policy="release",
     )
     Trainer(model, TrainingArguments("out", gradient_accumulation_steps=4), train_dataset=data,
