@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from freezelab import cli, runlog
+from freezelab import cli
+from freezelab.run import record as runlog
 from freezelab.cli import app
 
 from conftest import data_root

@@ -11,11 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import freezelab.train as train_mod
-from freezelab import runlog
-from freezelab.experiment import Experiment
-from freezelab.runner import ConfigChanged, RunOutcome, check_run_dir, run_experiment
-from freezelab.train import train
+from freezelab.run import record as runlog
+from freezelab.run import train
+from freezelab.study import ConfigChanged, Experiment, RunOutcome, check_run_dir, run_experiment
 
 BASE = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [32, 32]}}
 SCHEDULES = {"standard": {"name": "standard"}, "alternate-epoch": {"name": "alternate", "unit": "epoch"}}
@@ -95,7 +93,7 @@ def test_check_run_dir_on_an_empty_folder(tmp_path):
 
 
 def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_path, monkeypatch):
-    real = train_mod._save_progress
+    real = runlog.save_progress
     trained: list[tuple[str, int]] = []
 
     def record(run, run_dir, rows, step_rows, epoch):
@@ -108,9 +106,9 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
         if run.config.variant == "alternate-epoch" and run.config.seed == 0 and epoch == 0:
             raise RuntimeError("power cut")  # after epoch 1 and its checkpoint are on disk
 
-    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
-    monkeypatch.setattr(train_mod, "_save_progress", power_cut)
-    first = run_experiment(tiny(), tmp_path)
+    every_epoch = {**BASE, "save_every_s": 0.0}  # a checkpoint after every epoch (no new run: an execution knob)
+    monkeypatch.setattr(runlog, "save_progress", power_cut)
+    first = run_experiment(tiny(base=every_epoch), tmp_path)
     assert statuses(first, tmp_path) == {
         "tiny/standard/seed0": "done",
         "tiny/standard/seed1": "done",
@@ -123,8 +121,8 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
     assert not runlog.is_finished(cut) and epochs_of(cut)["epoch"].tolist() == [1]
 
     trained.clear()
-    monkeypatch.setattr(train_mod, "_save_progress", record)
-    second = run_experiment(tiny(), tmp_path)
+    monkeypatch.setattr(runlog, "save_progress", record)
+    second = run_experiment(tiny(base=every_epoch), tmp_path)
     assert statuses(second, tmp_path)["tiny/alternate-epoch/seed0"] == "done"
     assert sorted(s for s in statuses(second, tmp_path).values()) == ["done", "skipped", "skipped", "skipped"]
     assert trained == [("tiny/alternate-epoch/seed0", 1), ("tiny/alternate-epoch/seed0", 2)]  # epochs 2 and 3 only
