@@ -7,8 +7,9 @@ lockstep itself is tested in tests/test_run_steppers.py (bit-identical to alone,
 import torch
 
 from freezelab.config import RunConfig
-from freezelab.run import TrainingDiverged, build_run, train
+from freezelab.run import Training, TrainingDiverged, build_run, epoch_loop, train
 from freezelab.run.compiled import compiled_update
+from freezelab.run.steppers import EagerStepper
 from freezelab.study import train_together
 
 BASE = {"dataset": "digits", "epochs": 2, "batch_size": 64, "lr": 1e-2, "device": "cpu"}
@@ -27,6 +28,23 @@ def test_outcomes_come_back_in_order_and_equal_training_alone(tmp_path):
     for cfg, res in zip(cfgs, (outcomes[0], outcomes[2], outcomes[3])):
         assert res.epochs["train_loss"].tolist() == train(cfg, progress=False).epochs["train_loss"].tolist()
     assert (tmp_path / "a" / "summary.json").exists()
+
+
+def test_a_group_goes_through_the_single_run_epoch_loop_and_a_failing_member_stops_alone():
+    class Together:  # stands in for the shared GraphStepper on a CPU: one epoch of every run per call
+        def __init__(self, runs):
+            self.steppers = [EagerStepper(run) for run in runs]
+
+        def run_epochs(self, epoch, perms, bar=None):
+            return [s.run_epoch(epoch, perm) for s, perm in zip(self.steppers, perms)]
+
+    ok = RunConfig.from_dict({**BASE, "seed": 0})
+    diverging = RunConfig.from_dict({**BASE, "seed": 2, "optimizer": "sgd", "lr": 1e12})
+    group = [Training(cfg, progress=False) for cfg in (diverging, ok)]
+    failed = []
+    alive = epoch_loop(group, Together([t.run for t in group]), failed=lambda k, e: failed.append((k, type(e))))
+    assert alive == [1] and failed == [(0, TrainingDiverged)]
+    assert group[1].finish().epochs["train_loss"].tolist() == train(ok, progress=False).epochs["train_loss"].tolist()
 
 
 def test_cpu_runs_neither_share_graphs_nor_compile():
