@@ -13,7 +13,7 @@ import torch._dynamo.config as dynamo_config
 
 from freezelab.config import ConfigError, RunConfig
 from freezelab.models import build_model
-from freezelab.run import build_run, train
+from freezelab.run import build_run, record, train
 from freezelab.run.compiled import dynamo_settings, has_compiled_update
 from freezelab.run.plan import ExecutionPlan, lockstep_candidate, plan_run, process_settings
 from freezelab.study import check_run_dir
@@ -37,7 +37,8 @@ def test_a_cpu_run_is_planned_eager_and_the_plan_is_in_its_folder(tmp_path):
     assert (plan.device, plan.stepper, plan.compiled, plan.graphed_measurements, plan.lockstep_key) == (
         "cpu", "eager", False, False, None)
     assert plan.stepper_reason == "CUDA graphs need a CUDA device"
-    assert json.loads((tmp_path / "plan.json").read_text()) == plan.to_dict()
+    assert record.read_plan(tmp_path) == json.loads(json.dumps(plan.to_dict()))
+    assert record.read_plan(tmp_path)["compile_reason"] == "compiling pays off on CUDA only"
 
 
 def test_the_gpu_plan_takes_the_graph_path_compiled_where_exact():

@@ -124,9 +124,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> RunConfig:
-        return RunConfig.from_dict({**self.to_dict(), **changes})
-
     def validate(self) -> None:
         """Check types and ranges; names in registries are checked when the run is built."""
 

@@ -26,7 +26,7 @@ from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_sche
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
-__all__ = ["Run", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
+__all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
 
 #: Models that take images as NCHW tensors (everything else gets flattened inputs).
 IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
@@ -85,16 +85,31 @@ class Run:
         return self.batches.steps_per_epoch
 
 
-def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | None = None) -> Run:
+class SharedData:
+    """Datasets loaded once for all the runs of a process that ask for the same (:func:`data_request`)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple, DatasetSplits] = {}
+
+    def load(self, request: dict[str, Any]) -> DatasetSplits:
+        key = tuple(sorted((k, str(v)) for k, v in request.items()))
+        if key not in self._loaded:
+            self._loaded[key] = load_dataset(**request)
+        return self._loaded[key]
+
+
+def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedData | None = None) -> Run:
     """Data, model, groups, schedule, optimizer, freezer and plan for ``config``: identical for identical seeds.
 
-    ``data`` may be shared with other runs of an equal :func:`data_request`.
+    ``data``: the run's data if the caller has it, or a :class:`SharedData` to load it from
+    (runs of equal data requests then share one copy on the device).
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     schedule = check_config(cfg)
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_dataset(**data_request(cfg, device))
+    if data is None or isinstance(data, SharedData):
+        request = data_request(cfg, device)
+        data = data.load(request) if data is not None else load_dataset(**request)
     model = _build_model(cfg, data).to(device)
     example = data.train.x[:2]
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
@@ -110,11 +125,10 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | None = N
     return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
 
 
-def data_request(cfg: RunConfig, device: torch.device | None = None) -> dict[str, Any]:
+def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     """The :func:`~freezelab.data.load_dataset` arguments of a run: runs with equal ones can share the data."""
     return {"name": cfg.dataset, "root": cfg.data_root, "recipe": cfg.recipe, "seed": cfg.seed,
-            "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download,
-            "device": device if device is not None else resolve_device(cfg.device)}
+            "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download, "device": device}
 
 
 def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:

@@ -39,7 +39,7 @@ from .. import metrics
 from ..config import ConfigError, RunConfig
 from ..data import DatasetSplits
 from . import record
-from .build import build_run
+from .build import SharedData, build_run
 from .evaluate import epoch_row, measure_epoch, step_frame, summarize
 from .plan import log_plan, process_settings
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
@@ -101,7 +101,7 @@ class Training:
     """
 
     def __init__(self, config: RunConfig | dict[str, Any], run_dir: str | Path | None = None, *,
-                 data: DatasetSplits | None = None, progress: bool | None = None) -> None:
+                 data: DatasetSplits | SharedData | None = None, progress: bool | None = None) -> None:
         self.run = run = build_run(config, data)
         cfg, plan = run.config, run.plan
         log_plan(cfg, plan)

@@ -90,10 +90,6 @@ class ExecutionPlan:
     lockstep_key: tuple | None  # runs with equal keys can share one GraphStepper; None: this one cannot
     lockstep_reason: str
 
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
-
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["lockstep_key"] = list(self.lockstep_key) if self.lockstep_key is not None else None

@@ -23,11 +23,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
 from ..config import RunConfig
-from ..data import load_dataset
-from ..run.build import data_request
+from ..run.build import SharedData
 from ..run.loop import RunResult, Training, epoch_loop, run_training
 from ..run.steppers import GraphStepper
 
@@ -48,7 +45,7 @@ def train_together(
     is called with ``(index, outcome, seconds)`` as each finishes.
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    shared_data: dict[tuple, Any] = {}
+    shared_data = SharedData()
     trainings: dict[int, Training] = {}
     t0 = time.perf_counter()
 
@@ -59,11 +56,7 @@ def train_together(
 
     for i, (cfg, run_dir) in enumerate(jobs):
         try:
-            request = data_request(cfg)
-            key = tuple(sorted((k, str(v)) for k, v in request.items()))
-            if key not in shared_data:
-                shared_data[key] = load_dataset(**request)
-            trainings[i] = Training(cfg, run_dir, data=shared_data[key], progress=False)
+            trainings[i] = Training(cfg, run_dir, data=shared_data, progress=False)
         except Exception as e:  # noqa: BLE001 - reported per run, the others go on
             done(i, e)
     groups: dict[tuple, list[int]] = defaultdict(list)
