@@ -14,26 +14,27 @@
 #   tools: run(command="BEFORE_SRC=ab_before/src bash benchmarks/refactor_ab.sh", carry=[".data"])
 #
 # Env: BEFORE_SRC (required), AFTER_SRC (default src), FREEZELAB_DATA (default .data),
-# ROUNDS (default 2), LIMIT_S (default 560: a round starts only if it should end before this),
+# PY (default python3), ROUNDS (default 2), LIMIT_S (default 560: a round starts only if it should end before this),
 # OUT (if set: refactor_ab.json there); for a quick CPU check of the script itself:
 # EPOCHS (default 30) and SWEEP_ARGS (extra `freezelab run` options), e.g.
 #   BEFORE_SRC=ab_before/src EPOCHS=2 SWEEP_ARGS="--epochs 1 --seeds 1 --set subset=2000" ROUNDS=1 FREEZELAB_DATA=../shared/data bash benchmarks/refactor_ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BEFORE_SRC="${BEFORE_SRC:?set BEFORE_SRC to a folder that holds the before tree's freezelab/}"
+BEFORE_SRC="${BEFORE_SRC:?set BEFORE_SRC to the folder that holds the freezelab/ package before the change}"
 AFTER_SRC="${AFTER_SRC:-src}"
 ROUNDS="${ROUNDS:-2}"
 export EPOCHS="${EPOCHS:-30}"
 SWEEP_ARGS="${SWEEP_ARGS:-}"
 LIMIT_S="${LIMIT_S:-560}"
 export FREEZELAB_DATA="${FREEZELAB_DATA:-.data}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg CI=true
-PY=python3
+PY="${PY:-python3}"  # on the device machine, python3 is the one with torch
 for tree in "$BEFORE_SRC" "$AFTER_SRC"; do
   [[ -f "$tree/freezelab/__init__.py" ]] || { echo "error: $tree/freezelab/__init__.py not found" >&2; exit 2; }
 done
 BEFORE_SRC="$(cd "$BEFORE_SRC" && pwd)"
 AFTER_SRC="$(cd "$AFTER_SRC" && pwd)"
 WORK="$(mktemp -d /tmp/refactor_ab.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 START=$(date +%s)
@@ -115,4 +116,3 @@ if sys.argv[2]:
     Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
     (Path(sys.argv[2]) / "refactor_ab.json").write_text(json.dumps(record, indent=2))
 EOF
-rm -rf "$WORK"
