@@ -9,7 +9,7 @@ import torch
 
 from freezelab.config import ConfigError, RunConfig
 from freezelab.run import TrainingDiverged, build_run, build_schedule, check_config, train
-from freezelab.run import record as runlog
+from freezelab.run import record as run_folder
 from freezelab.run.steppers import EagerStepper
 
 from conftest import data_root
@@ -32,7 +32,7 @@ def test_run_folder_has_everything_the_notebooks_log(tmp_path):
     steps = pd.read_parquet(tmp_path / "steps.parquet")
     assert set(steps.columns) >= {"step", "epoch", "loss", "trainable", "trainable_fraction", "step_time_s"}
     assert steps["step"].tolist() == list(range(len(steps)))
-    summary = runlog.read_summary(tmp_path)
+    summary = run_folder.read_summary(tmp_path)
     for key in ("final_val_acc", "best_val_acc", "best_epoch", "epoch_to_90pct_best", "final_test_acc", "stability",
                 "mean_early_grad", "avg_epoch_time_s", "time_to_target_s", "peak_mem_bytes", "test_ece", "reliability",
                 "throughput_samples_per_s", "step_time_ms", "device", "torch_version"):
@@ -79,7 +79,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
            "save_every_s": 0.0}  # a checkpoint after every epoch
     full = train(cfg, tmp_path / "full", progress=False)
 
-    real = runlog.save_progress
+    real = run_folder.save_progress
     calls = []
 
     def crash_after_two(run, run_dir, rows, step_rows, epoch):
@@ -88,11 +88,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runlog, "save_progress", crash_after_two)
+    monkeypatch.setattr(run_folder, "save_progress", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(runlog, "save_progress", real)
-    assert not runlog.is_finished(tmp_path / "cut")
+    monkeypatch.setattr(run_folder, "save_progress", real)
+    assert not run_folder.is_finished(tmp_path / "cut")
     resumed = train(cfg, tmp_path / "cut", progress=False)
     assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
     assert resumed.epochs["val_acc"].tolist() == full.epochs["val_acc"].tolist()
@@ -101,23 +101,23 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
 
 
 def test_checkpoints_are_written_at_most_every_save_interval_and_at_the_end(tmp_path, monkeypatch):
-    real, saved = runlog.save_progress, []
+    real, saved = run_folder.save_progress, []
 
     def count(run, run_dir, rows, step_rows, epoch):
         real(run, run_dir, rows, step_rows, epoch)
         saved.append(epoch)
 
-    monkeypatch.setattr(runlog, "save_progress", count)
+    monkeypatch.setattr(run_folder, "save_progress", count)
     train({**TINY, "epochs": 4}, tmp_path / "run", progress=False)
     assert saved == [3]  # a tiny run takes far less than save_every_s (20 s): only its last epoch
-    assert runlog.is_finished(tmp_path / "run")
+    assert run_folder.is_finished(tmp_path / "run")
 
 
 def test_a_stop_between_checkpoints_keeps_the_epochs_and_a_resume_redoes_them(tmp_path, monkeypatch):
     """Epochs logged after the last checkpoint are on disk after a crash, then trained again on resume."""
     cfg = {**TINY, "epochs": 4, "model_args": {"hidden": [32, 32], "dropout": 0.2}, "save_every_s": 0.0}
     full = train(cfg, tmp_path / "full", progress=False)
-    real_save, real_epoch = runlog.save_progress, EagerStepper.run_epoch
+    real_save, real_epoch = run_folder.save_progress, EagerStepper.run_epoch
 
     def save_once(run, *args):
         real_save(run, *args)
@@ -128,18 +128,18 @@ def test_a_stop_between_checkpoints_keeps_the_epochs_and_a_resume_redoes_them(tm
             raise RuntimeError("power cut")
         return real_epoch(self, epoch, perm, bar)
 
-    monkeypatch.setattr(runlog, "save_progress", save_once)
+    monkeypatch.setattr(run_folder, "save_progress", save_once)
     monkeypatch.setattr(EagerStepper, "run_epoch", crash_in_epoch_3)
     with pytest.raises(RuntimeError, match="power cut"):
         train(cfg, tmp_path / "cut", progress=False)
-    assert runlog.read_table(tmp_path / "cut" / runlog.EPOCHS)["epoch"].tolist() == [1, 2]
-    assert runlog.load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    assert run_folder.read_table(tmp_path / "cut" / run_folder.EPOCHS)["epoch"].tolist() == [1, 2]
+    assert run_folder.load_checkpoint(tmp_path / "cut")["epoch"] == 1
 
     monkeypatch.setattr(EagerStepper, "run_epoch", real_epoch)
     resumed = train(cfg, tmp_path / "cut", progress=False)
     assert resumed.epochs["epoch"].tolist() == [1, 2, 3, 4]
     assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
-    steps = runlog.read_table(tmp_path / "cut" / runlog.STEPS)
+    steps = run_folder.read_table(tmp_path / "cut" / run_folder.STEPS)
     assert steps["step"].tolist() == list(range(len(steps)))  # no step logged twice
 
 
@@ -155,8 +155,8 @@ def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypat
         train({**TINY, "save_every_s": 0.0}, tmp_path, progress=False)  # a checkpoint after every finished epoch
     kept = pd.read_parquet(tmp_path / "epochs.parquet")
     assert kept["epoch"].tolist() == [1] and math.isfinite(kept["train_loss"][0])
-    assert not runlog.is_finished(tmp_path)
-    assert runlog.load_checkpoint(tmp_path)["epoch"] == 1  # the diverged state is never checkpointed
+    assert not run_folder.is_finished(tmp_path)
+    assert run_folder.load_checkpoint(tmp_path)["epoch"] == 1  # the diverged state is never checkpointed
 
 
 def test_bad_config_is_one_clear_line():

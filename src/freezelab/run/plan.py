@@ -27,7 +27,7 @@ import torch
 
 from ..config import ConfigError, RunConfig
 
-__all__ = ["ExecutionPlan", "plan_run", "resolve_device", "fused_optimizer", "graph_unsupported", "lockstep_candidate",
+__all__ = ["ExecutionPlan", "plan_run", "log_plan", "resolve_device", "fused_optimizer", "graph_unsupported", "lockstep_candidate",
            "process_settings", "GRAPH_POLICIES", "FUSED_OPTIMIZERS", "MAX_COMPILED_SETS"]
 
 log = logging.getLogger("freezelab")
