@@ -5,13 +5,13 @@ loop (``fast: off``) and then: the graph path without compiling, the default (co
 path, only the update compiled, only the loss compiled. Prints each one's largest |train loss
 difference| from the eager loop. It found that on torch 2.11 a compiled loss whose trainable set
 changed every few batches trained wrongly (differences above 1.0): Dynamo reused one trainable
-set's graph for another, until ``freezelab.compiled.configure_dynamo`` turned off the guard
+set's graph for another, until ``freezelab.run.compiled.configure_dynamo`` turned off the guard
 shortcut that hid ``requires_grad``. Result: ``results/compile_check_gpu.txt``.
 
     python benchmarks/compile_check.py > $OUT/compile_check_gpu.txt      # GPU only
 """
-import freezelab.fast as F
-from freezelab.train import train
+import freezelab.run.steppers as F
+from freezelab.run import train
 
 BASE = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [64, 64]}, "device": "cuda"}
 CASES = {

@@ -8,17 +8,17 @@ of each epoch. Three implementations run side by side in one process:
 * ``seed-loop``: the notebook's structure (torchvision dataset with per-sample transforms,
   DataLoader, ``loss.item()`` every step, gradient stats through ``.cpu().numpy()``),
   re-implemented here as the baseline;
-* ``freezelab-eager``: ``freezelab.train`` with ``fast: off`` (device-resident data, one sync
+* ``freezelab-eager``: ``freezelab.run.train`` with ``fast: off`` (device-resident data, one sync
   per epoch, full logging: val/test NLL and accuracy, ECE, gradient stats, dead units, cosine);
 * ``freezelab-graph``: the same with ``fast: auto``, the default: CUDA graphs per trainable set
-  replaying a compiled loss/backward and a compiled optimizer update (``freezelab.compiled``);
+  replaying a compiled loss/backward and a compiled optimizer update (``freezelab.run.compiled``);
 * ``freezelab-graph-nocompile``: the graph path with ``compile: off`` (torch's fused Adam and
   the eager modules' kernels), to show what compiling adds.
 
 "Same accuracy curve": the graph path and the eager path train the whole 30-epoch recipe from
 the same seed; the table gives each one's final and best validation accuracy and the largest
 per-epoch difference between the two curves (float rounding differs between their kernels,
-so the curves are equal in distribution, not bit for bit; tests/test_fast.py bounds the
+so the curves are equal in distribution, not bit for bit; tests/test_run_steppers.py bounds the
 per-step difference).
 
 Command (GPU, through the device tool, data staged into .data):
@@ -91,7 +91,7 @@ def seed_loop_epochs(root: str, device: torch.device, epochs: int) -> list[dict]
 
 
 def freezelab_epochs(root: str, device: str, epochs: int, fast: str, compile_: str = "auto") -> list[dict]:
-    from freezelab.train import train
+    from freezelab.run import train
 
     result = train(
         {"dataset": "fashion_mnist", "recipe": "fmnist_90_10", "data_root": root, "model": "fashion_mlp",

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from freezelab import Freezer, groups
-from freezelab.compiled import configure_dynamo
+from freezelab.run.compiled import configure_dynamo
 from freezelab.flops import step_flops
 from freezelab.optim import optimizer_state_bytes
 from freezelab.schedules import Chain, Clock, Freeze, Standard

@@ -15,7 +15,7 @@ mkdir -p "$OUT/s4"
 log="$OUT/log.txt"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 step() { echo "== $* $(date +%T)" | tee -a "$log"; }
-if want tests;   then step "GPU tests";        timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fast.py tests/test_data.py >>"$log" 2>&1; tail -3 "$log"; fi
+if want tests;   then step "GPU tests";        timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_run_steppers.py tests/test_data.py >>"$log" 2>&1; tail -3 "$log"; fi
 if want epoch;   then step "epoch time";       timeout 150 python3 benchmarks/epoch_time.py --out "$OUT" >>"$log" 2>&1; fi
 if want profile; then step "step profile";     timeout 90 python3 benchmarks/profile_step.py >>"$log" 2>&1; fi
 if want savings; then step "freezing savings"; timeout 240 python3 benchmarks/freezing_savings.py --profile --variants eager-tf32,eager-bf16 --out "$OUT" >>"$log" 2>&1; fi

@@ -16,8 +16,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from freezelab.fast import graphed, make_stepper
-from freezelab.train import _epoch_row, build_run, evaluate, measure_epoch, probe_statistics
+from freezelab.run import build_run
+from freezelab.run.evaluate import epoch_row, evaluate, measure_epoch, probe_statistics
+from freezelab.run.plan import process_settings
+from freezelab.run.steppers import StepRecord, graphed, make_stepper
 
 CFG = {"dataset": "fashion_mnist", "recipe": "fmnist_90_10", "data_root": os.environ.get("FREEZELAB_DATA", ".data"),
        "model": "fashion_mlp", "optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "seed": 42,
@@ -37,6 +39,11 @@ def epoch_seconds(stepper, run, epochs=(1, 2, 3)):
 
 def main() -> None:
     run = build_run(CFG)
+    with process_settings(run.plan):  # cuBLASLt and Dynamo's settings, as in a run
+        profile_run(run)
+
+
+def profile_run(run) -> None:
     stepper = make_stepper(run)
     print(f"stepper {type(stepper).__name__}, compiled: {getattr(stepper, 'compiled', False)}")
     t1 = time.perf_counter()
@@ -57,15 +64,15 @@ def main() -> None:
         lines.append(f"| {e.key[:90]} | {e.count / run.steps_per_epoch:.2f} | {e.device_time_total / 1000:.2f} |")
     lines += ["", "Per-epoch work around the steps (host time with a synchronisation, median of 20):", "",
               "| piece | ms |", "|---|---:|"]
-    losses = torch.zeros(run.steps_per_epoch, device=run.device)
-    sets = [run.freezer.trainable] * run.steps_per_epoch
+    stepped = StepRecord(torch.zeros(run.steps_per_epoch, device=run.device), [run.freezer.trainable] * run.steps_per_epoch,
+                         [1.0] * run.steps_per_epoch, [])
     pieces = {"evaluate val": lambda: evaluate(run.model, run.data.val.x, run.data.val.y),
               "evaluate test": lambda: evaluate(run.model, run.data.test.x, run.data.test.y),
               "probe (grad stats, dead units, cosine)": lambda: probe_statistics(run),
               "whole epoch row, eager (all of it + host copy)":
-                  lambda: _epoch_row(run, 5, losses, sets, [1.0] * len(sets), 0.0, measure_epoch(run))}
+                  lambda: epoch_row(run, 5, stepped, 0.0, measure_epoch(run))}
     measure = graphed(lambda: measure_epoch(run), run.device)
-    pieces["whole epoch row, graphed (the default)"] = lambda: _epoch_row(run, 5, losses, sets, [1.0] * len(sets), 0.0, measure())
+    pieces["whole epoch row, graphed (the default)"] = lambda: epoch_row(run, 5, stepped, 0.0, measure())
     for name, fn in pieces.items():
         times = []
         for _ in range(20):
@@ -75,7 +82,6 @@ def main() -> None:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         lines.append(f"| {name} | {1000 * sorted(times)[10]:.2f} |")
-    stepper.close()
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.environ.get("OUT")

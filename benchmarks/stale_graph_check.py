@@ -4,7 +4,7 @@ Compiles freezelab's loss the way the graph path does (``torch.compile(model_los
 and trains a small MLP (depth halves ``first``/``second``, a :class:`freezelab.Freezer` with AdamW,
 as ``freezing_savings.py`` does) for 30 steps in each of three trainable sets: ``second`` frozen,
 all, ``first`` frozen. Prints which parameters received a gradient (``G``) in each, once with
-torch's default Dynamo settings and once after ``freezelab.compiled.configure_dynamo()``, each in
+torch's default Dynamo settings and once after ``freezelab.run.compiled.configure_dynamo()``, each in
 a fresh process. A stale graph shows as a pattern that does not match the trainable set
 (pytorch/pytorch#139476).
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from freezelab import Freezer, groups
-from freezelab.compiled import configure_dynamo, model_loss
+from freezelab.run.compiled import configure_dynamo, model_loss
 from freezelab.schedules import Clock, Freeze
 
 

@@ -2,7 +2,7 @@
 
 The runs are small and launch-bound, so one run leaves most of the GPU idle. On a GPU the
 runner trains up to ``--lockstep`` runs together in one process, each on its own CUDA stream
-inside shared graphs (``freezelab.lockstep``); ``--jobs`` worker processes take whatever cannot
+inside shared graphs (``freezelab.study.lockstep``); ``--jobs`` worker processes take whatever cannot
 share (and everything on a CPU). The benchmark reports the wall time of the whole grid,
 everything included (data loading, compiling, capturing, evaluation, logs, checkpoints), then
 trains three of its runs again *alone* and compares their curves with the sweep's (same seed
@@ -28,11 +28,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from freezelab.experiment import load_experiment
+from freezelab.config import RunConfig
 from freezelab.report import write_report
-from freezelab.runner import run_experiment
-import freezelab.train as train_mod
-from freezelab.train import train
+from freezelab.run import train
+from freezelab.study import load_experiment, run_experiment
 
 
 def main() -> None:
@@ -43,13 +42,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--save-every", type=float, default=None,
-                    help="seconds between a run's checkpoints (freezelab.train.SAVE_EVERY_S; 0 = every epoch)")
+                    help="seconds between a run's checkpoints (the run option save_every_s; 0 = every epoch)")
     ap.add_argument("--runs-dir", default="/tmp/freezelab_sweep")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--no-archive", action="store_true", help="skip the archive of run folders")
     args = ap.parse_args()
-    if args.save_every is not None:
-        train_mod.SAVE_EVERY_S = args.save_every
     root = os.environ.get("FREEZELAB_DATA")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +57,8 @@ def main() -> None:
             overrides["epochs"] = args.epochs
         if args.seeds:
             overrides["seeds"] = args.seeds
+        if args.save_every is not None:
+            overrides["save_every_s"] = args.save_every
         exp = load_experiment(config, overrides)
         n = len(exp.configs())
         t0 = time.perf_counter()
@@ -81,7 +80,7 @@ def main() -> None:
             diff_acc = max(diff_acc, float((alone["val_acc"] - together["val_acc"]).abs().max()))
         report = write_report(Path(args.runs_dir) / exp.name)
         records.append({"experiment": exp.name, "config": config, "runs": n, "jobs": args.jobs, "lockstep": args.lockstep,
-                        "save_every_s": train_mod.SAVE_EVERY_S,
+                        "save_every_s": configs[0].save_every_s if configs else RunConfig().save_every_s,
                         "wall_s": wall, "failed": [f"{o.run_dir}: {o.error}" for o in failed],
                         "check_runs": [f"{c.variant}/seed{c.seed}" for c in checked],
                         "max_abs_diff_train_loss_alone_vs_sweep": diff_loss, "max_abs_diff_val_acc_alone_vs_sweep": diff_acc,

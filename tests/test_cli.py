@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from freezelab import cli, runlog
+from freezelab import cli
+from freezelab.run import record as run_folder
 from freezelab.cli import app
 
 from conftest import data_root
@@ -93,11 +94,11 @@ def test_train_writes_a_run_folder_and_refuses_a_changed_config(tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "alternate first/second every epoch" in result.output and "final val acc" in result.output
-    assert runlog.is_finished(out) and runlog.read_config(out)["lr"] == 0.01
+    assert run_folder.is_finished(out) and run_folder.read_config(out)["lr"] == 0.01
     assert invoke(*args).exit_code == 0  # the same run again: already finished, nothing changes
     line = assert_error(invoke(*args[:-2], "--set", "batch_size=32"), "holds a run with batch_size=64", "batch_size=32")
     assert str(out) in line
-    assert runlog.read_config(out)["batch_size"] == 64
+    assert run_folder.read_config(out)["batch_size"] == 64
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,7 @@ def test_run_trains_the_grid_reports_and_skips_on_rerun(tmp_path, exp_file):
     assert result.exit_code == 0, result.output
     assert "2 schedules x 1 cells x 2 seeds = 4 runs" in result.output
     for folder in ("standard/seed0", "standard/seed1", "alternate-batch/seed0", "alternate-batch/seed1"):
-        assert runlog.is_finished(runs / "clitest" / folder), folder
+        assert run_folder.is_finished(runs / "clitest" / folder), folder
     assert (runs / "clitest/report/report.html").is_file() and "report:" in result.output
 
     again = invoke("run", str(exp_file), "--runs-dir", str(runs), "--no-report")
@@ -156,7 +157,7 @@ def test_run_overrides_shrink_a_grid(tmp_path, exp_file):
     result = invoke("run", str(exp_file), "--runs-dir", str(runs), "--seeds", "1", "--epochs", "1", "--set", "subset=200", "--no-report")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (runs / "clitest").glob("*/*")) == ["seed0", "seed0"]
-    assert runlog.read_config(runs / "clitest/standard/seed0")["subset"] == 200
+    assert run_folder.read_config(runs / "clitest/standard/seed0")["subset"] == 200
     assert not (runs / "clitest/report").exists()
 
 
@@ -165,7 +166,7 @@ def test_run_with_a_failing_run_saves_the_others_and_exits_2(tmp_path, exp_file)
     runs = tmp_path / "runs"
     line = assert_error(invoke("run", str(exp_file), "--runs-dir", str(runs)), "1 of 3 runs failed", "ScheduleError")
     assert "bad/seed0" in line
-    assert runlog.is_finished(runs / "clitest/standard/seed0") and runlog.is_finished(runs / "clitest/alternate-batch/seed0")
+    assert run_folder.is_finished(runs / "clitest/standard/seed0") and run_folder.is_finished(runs / "clitest/alternate-batch/seed0")
     assert (runs / "clitest/report/report.html").is_file()
 
 

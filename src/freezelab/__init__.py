@@ -1,6 +1,8 @@
 """freezelab: study and use layer-freezing schedules while training PyTorch models.
 
-The flow is ``config -> groups -> schedule -> freezer -> training loop -> run log -> report``.
+The flow is ``config -> groups -> schedules -> freezer -> run -> study -> report``: this package
+exports the engine (groups, schedules, the freezer); :mod:`freezelab.run` trains one run,
+:mod:`freezelab.study` a fair grid of them, :mod:`freezelab.report` compares them.
 """
 
 from . import groups, schedules

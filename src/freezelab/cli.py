@@ -66,16 +66,14 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 
 def _read_run_options(path: Path) -> dict[str, Any]:
     """A YAML file of RunConfig fields, or one clear error line."""
-    from .config import load_yaml
+    from .config import ConfigError, read_yaml_file
 
     if not path.is_file():
         _fail(f"config file {path} does not exist")
     try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        _fail(f"{path} is not valid YAML{where}: {' '.join(str(getattr(e, 'problem', None) or e).split())}")
+        data = read_yaml_file(path)
+    except ConfigError as e:
+        _fail(str(e))
     if data is not None and not isinstance(data, dict):
         _fail(f"{path} must be a mapping of run options (e.g. epochs: 5), got {type(data).__name__}")
     if data and {"base", "schedules", "seeds"} & set(data):
@@ -87,8 +85,8 @@ def _errors():
     from .config import ConfigError
     from .data import DatasetNotFoundError
     from .groups import GroupError
+    from .run import TrainingDiverged
     from .schedules import ScheduleError
-    from .train import TrainingDiverged
 
     return (ConfigError, DatasetNotFoundError, GroupError, ScheduleError, TrainingDiverged, ValueError)
 
@@ -115,10 +113,10 @@ def train(
 ) -> None:
     """Train ONE run and write its folder (config, per-epoch log, per-step log, summary, checkpoint)."""
     from .config import RunConfig
+    from .run import check_config
+    from .run import train as train_run
     from .schedules import parse_schedule
-    from .train import train as train_run
-
-    from .runner import check_run_dir
+    from .study import check_run_dir
 
     fields: dict[str, Any] = {}
     if config is not None:
@@ -132,13 +130,14 @@ def train(
         if schedule is not None:
             fields["schedule"] = parse_schedule(schedule).to_dict()
         cfg = RunConfig.from_dict(fields)
+        check_config(cfg)
         check_run_dir(out, cfg)  # a folder holding a different run is refused, never overwritten
         result = train_run(cfg, out)
     except _errors() as e:
         _fail(str(e))
     s = result.summary
     typer.echo(
-        f"{cfg.schedule_obj().describe()}\n"
+        f"{s['schedule']}\n"
         f"final val acc {s['final_val_acc']:.2%} (best {s['best_val_acc']:.2%} at epoch {s['best_epoch']}), "
         f"test acc {s['final_test_acc']:.2%}, {s['avg_epoch_time_s']:.3f} s/epoch on {s['device']}\n"
         f"wrote {out}"
@@ -157,7 +156,7 @@ def run(
     report: bool = typer.Option(True, help="Write the report when the runs are done."),
 ) -> None:
     """Run an experiment grid (schedules x grid x seeds); skips finished runs, resumes unfinished ones."""
-    from .experiment import load_experiment
+    from .study import load_experiment
 
     overrides = _parse_sets(set_)
     if epochs is not None:
@@ -172,7 +171,7 @@ def run(
 
 
 def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int = 32) -> None:
-    from .runner import run_experiment
+    from .study import run_experiment
 
     n = len(exp.configs())
     typer.echo(f"experiment {exp.name}: {len(exp.schedules)} schedules x {n // len(exp.seeds) // len(exp.schedules)} "
@@ -228,7 +227,7 @@ def demo(
     seeds: int = typer.Option(3, help="Seeds per schedule."),
 ) -> None:
     """Compare standard vs alternating halves (per epoch, per batch) on the embedded digits data, 3 seeds, with a report."""
-    from .experiment import Experiment
+    from .study import Experiment
 
     try:
         exp = Experiment.from_dict({**DEMO, "seeds": seeds}, source="demo")

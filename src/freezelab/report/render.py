@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from freezelab.files import atomic_write
 from freezelab.report.collect import collect_runs
 from freezelab.report.plots import FIGURES
 from freezelab.report.table import format_table, markdown_table, summary_table, verdicts
@@ -52,16 +52,6 @@ class Rendered:
     note: str
     verdicts: list[str]
     figures: list[tuple[str, str, bytes]]  # (png file name, caption, png bytes)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _png(fig: Figure, dpi: int) -> bytes:
@@ -149,7 +139,7 @@ def write_report(runs_dir: Path | str, out_dir: Path | str | None = None, *, bas
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     for name, _, png in r.figures:
-        _atomic_write(out / name, png)
-    _atomic_write(out / "report.md", render_markdown(r).encode())
-    _atomic_write(out / "report.html", render_html(r).encode())
+        atomic_write(out / name, png)
+    atomic_write(out / "report.md", render_markdown(r).encode())
+    atomic_write(out / "report.html", render_html(r).encode())
     return out / "report.html"

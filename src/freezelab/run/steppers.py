@@ -6,34 +6,49 @@ FashionMLP step is a few dozen kernels of a few microseconds each; eagerly, Pyth
 overhead make an epoch 0.65 s on an H100), so it captures *chunks of whole steps* (batch
 gather, forward, backward, optimizer update, loss bookkeeping) into CUDA graphs and replays
 them. Inside a graph a step costs what its kernels cost, so the kernels are compiled where that
-is exact (:mod:`freezelab.compiled`) and cuBLASLt picks the matrix products: 0.042 s per epoch
+is exact (:mod:`freezelab.run.compiled`) and cuBLASLt picks the matrix products: 0.042 s per epoch
 (``benchmarks/README.md``). Batch indices, the learning rate and the step counter live in
 device tensors read inside the graph, so a replay needs no host input at all. One set of graphs
 is captured per trainable set: a schedule that alternates replays the graphs of the set in
 force and never a stale one. One ``GraphStepper`` can also step several runs in lockstep, each
-on its own stream (:mod:`freezelab.lockstep`).
+on its own stream (:mod:`freezelab.study.lockstep`).
+
+Which stepper a run gets, and whether it is compiled, is the run's plan
+(:mod:`freezelab.run.plan`); the process-wide settings the graph path needs (cuBLASLt, Dynamo's
+options) are applied around the run by :func:`freezelab.run.plan.process_settings`.
 
 Both take the epoch's permutation as one device tensor and keep per-step values on the
 device: no host synchronisation per step, a few per epoch (the permutation and LR table in,
-the statistics out). :func:`graphed` replays the end-of-epoch measurements the same way.
+the statistics out), and hand back one :class:`StepRecord` per run and epoch. :func:`graphed`
+replays the end-of-epoch measurements the same way.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .compiled import MAX_COMPILED_SETS, bookkeeping, compile_unsupported, compiled_loss, compiled_update, model_loss
-from .models import has_dropout
-from .schedules import Clock
+from ..schedules import Clock
+from .compiled import bookkeeping, compiled_loss, compiled_update, model_loss
 
 if TYPE_CHECKING:
-    from .train import Run
+    from .build import Run
 
-__all__ = ["EagerStepper", "GraphStepper", "graph_unsupported", "graphed", "lockstep_key", "make_stepper"]
+__all__ = ["StepRecord", "EagerStepper", "GraphStepper", "graphed", "make_stepper"]
+
+
+@dataclass
+class StepRecord:
+    """What one epoch's steps of one run leave behind, per optimizer step."""
+
+    losses: torch.Tensor  # the training loss of each step, on the device
+    trainable: list[frozenset[str]]  # the trainable set of each step
+    fractions: list[float]  # trainable parameters / managed parameters, each step
+    step_times: list[float]  # seconds per step ([] when the run does not log steps)
 
 
 class EagerStepper:
@@ -43,7 +58,18 @@ class EagerStepper:
         self.run = run
         self.timed = run.config.log_steps
 
-    def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None):
+    def set_lr(self, step: int) -> None:
+        """The learning rate of ``step`` for every parameter group: the one place the eager loop sets it."""
+        lr = self.run.lr_at(step)
+        for group in self.run.freezer.optimizer.param_groups:
+            group["lr"] = lr
+
+    def run_epochs(self, epoch: int, perms: Sequence[torch.Tensor], bar=None) -> list[StepRecord]:
+        """:meth:`run_epoch` in the form the epoch loop drives every stepper (one run here)."""
+        (perm,) = perms
+        return [self.run_epoch(epoch, perm, bar)]
+
+    def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
         run = self.run
         model, fz, x, y = run.model, run.freezer, run.data.train.x, run.data.train.y
         spe, bs, epochs = run.steps_per_epoch, run.config.batch_size, run.config.epochs
@@ -56,9 +82,7 @@ class EagerStepper:
                 marks.append(_mark(cuda))
             fz.step(Clock.at(step, spe, epochs))
             opt = fz.optimizer
-            lr = run.lr_at(step)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            self.set_lr(step)
             idx = perm[i * bs : (i + 1) * bs]
             loss = model_loss(model, x[idx], y[idx])
             loss.backward()
@@ -71,10 +95,7 @@ class EagerStepper:
                 bar.step(16)
         if self.timed:
             marks.append(_mark(cuda))
-        return losses, trainable, fractions, _durations(marks, cuda)
-
-    def close(self) -> None:
-        """Nothing to release (the graph stepper restores a global setting here)."""
+        return StepRecord(losses, trainable, fractions, _durations(marks, cuda))
 
 
 def _mark(cuda: bool):
@@ -96,34 +117,9 @@ def _durations(marks: list, cuda: bool) -> list[float]:
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-#: Optimizer policies whose optimizer state keeps its tensors across switches (graphs hold them).
-GRAPH_POLICIES = ("keep", "remove")
-
-
-def graph_unsupported(run: Run) -> str | None:
-    """Why the CUDA-graph path cannot run ``run`` exactly, or ``None`` if it can."""
-    if run.device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if run.freezer.policy not in GRAPH_POLICIES:
-        return f"policy {run.freezer.policy!r} replaces or frees optimizer state that a graph would keep using"
-    defaults = run.freezer.optimizer.defaults
-    if not (defaults.get("fused") or defaults.get("capturable")):
-        return f"optimizer {run.config.optimizer!r} is neither fused nor capturable"
-    return None
-
-
-def make_stepper(run: Run):
-    """The graph stepper where it is exact for this run (``fast: auto``), else the eager one."""
-    from .config import ConfigError
-
-    if run.config.fast == "off":
-        return EagerStepper(run)
-    reason = graph_unsupported(run)
-    if reason is None:
-        return GraphStepper([run])
-    if run.config.fast == "graph":
-        raise ConfigError(f"fast: graph cannot be used here: {reason}; use fast: auto or off")
-    return EagerStepper(run)
+def make_stepper(run: Run) -> EagerStepper | GraphStepper:
+    """The stepper the run's plan names."""
+    return GraphStepper([run]) if run.plan.stepper == "graph" else EagerStepper(run)
 
 
 class _Member:
@@ -151,7 +147,7 @@ class _Member:
         self.gather, self.record = bookkeeping(compile_)
         self.compiled = compile_
 
-    def plan(self, epoch: int, perm: torch.Tensor) -> tuple[list[Clock], list[frozenset[str]]]:
+    def prepare(self, epoch: int, perm: torch.Tensor) -> tuple[list[Clock], list[frozenset[str]]]:
         """Upload the epoch's batch order and learning rates; the clock and trainable set of each step."""
         run = self.run
         spe, epochs = run.steps_per_epoch, run.config.epochs
@@ -217,34 +213,31 @@ class GraphStepper:
     Several runs (``runs``) step in lockstep: each graph holds the same steps of every run,
     each run on its own CUDA stream, so the GPU overlaps their small kernels. Every run
     executes exactly the kernels it would alone, so its results are bit-identical to training
-    it alone (``tests/test_fast.py``). Runs in one stepper need the same number of steps and
-    batch size (:func:`lockstep_key`).
+    it alone (``tests/test_run_steppers.py``). Runs in one stepper need equal plans'
+    ``lockstep_key`` (same device, steps per epoch and batch size, no dropout).
 
-    While it exists, the stepper makes cuBLASLt torch's preferred BLAS library: its heuristics
-    pick far better kernels than cuBLAS's for small float32 products (a FashionMLP weight
-    gradient: 52 µs with cuBLAS, 5 µs with cuBLASLt). :meth:`close` restores the setting.
+    Each run's members are compiled as its plan says. The stepper runs its steps with
+    cuBLASLt as the preferred BLAS library and, compiled, Dynamo's settings for freezing:
+    :func:`freezelab.run.plan.process_settings` around the run applies both.
     """
 
     name = "graph"
 
     def __init__(self, runs: Sequence[Run], chunk: int = 32) -> None:
-        keys = {lockstep_key(run) for run in runs}
+        keys = {run.plan.lockstep_key for run in runs}
+        if any(run.plan.stepper != "graph" for run in runs):
+            raise ValueError("the graph stepper takes runs whose plan names it (run.plan.stepper == 'graph')")
         if len(runs) > 1 and (len(keys) != 1 or None in keys):
             raise ValueError("runs stepped together need the same device, steps per epoch and batch size, and no dropout")
         dev = runs[0].device
         self.chunk = chunk
-        self.members = [_member(run) for run in runs]
+        self.members = [_Member(run, run.plan.compiled) for run in runs]
         self.full_steps = self.members[0].full_steps
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(device=dev)
         self.streams = [torch.cuda.Stream(device=dev) for _ in self.members] if len(self.members) > 1 else [self.stream]
         self.timed = any(run.config.log_steps for run in runs)
-        self._blas = torch.backends.cuda.preferred_blas_library()
-        torch.backends.cuda.preferred_blas_library("cublaslt")
-
-    def close(self) -> None:
-        torch.backends.cuda.preferred_blas_library(self._blas)
 
     @property
     def compiled(self) -> bool:
@@ -283,23 +276,23 @@ class GraphStepper:
         return graph
 
     # -- an epoch ---------------------------------------------------------------------------------
-    def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None):
-        """One epoch of a single-run stepper: ``(losses, trainable sets, fractions, step times)``."""
+    def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
+        """One epoch of a single-run stepper."""
         return self.run_epochs(epoch, [perm], bar)[0]
 
-    def run_epochs(self, epoch: int, perms: Sequence[torch.Tensor], bar=None) -> list[tuple]:
-        """One epoch of every run, in lockstep; one ``run_epoch`` result per run."""
-        plans = [m.plan(epoch, perm) for m, perm in zip(self.members, perms)]
+    def run_epochs(self, epoch: int, perms: Sequence[torch.Tensor], bar=None) -> list[StepRecord]:
+        """One epoch of every run, in lockstep; one record per run."""
+        ahead = [m.prepare(epoch, perm) for m, perm in zip(self.members, perms)]
         freezers = [m.run.freezer for m in self.members]
         spe = self.members[0].run.steps_per_epoch
         fractions: list[list[float]] = [[] for _ in self.members]
         times: list[tuple] = []
         i = 0
         while i < spe:
-            for fz, (clocks, _) in zip(freezers, plans):
+            for fz, (clocks, _) in zip(freezers, ahead):
                 fz.step(clocks[i])
             j = i
-            while j < spe and all(sets[j] == fz.trainable for fz, (_, sets) in zip(freezers, plans)):
+            while j < spe and all(sets[j] == fz.trainable for fz, (_, sets) in zip(freezers, ahead)):
                 j += 1
             for f, fz in zip(fractions, freezers):
                 f += [fz.trainable_fraction] * (j - i)
@@ -321,18 +314,7 @@ class GraphStepper:
             times[-1][1].synchronize()
             for start, end, steps in times:
                 step_times += [start.elapsed_time(end) / 1000 / steps] * steps
-        return [(m.losses.clone(), sets, f, step_times) for m, (_, sets), f in zip(self.members, plans, fractions)]
-
-
-def _member(run: Run) -> _Member:
-    """A run's member, compiled where that pays off and is exact (:func:`compile_unsupported`).
-
-    Each trainable set the schedule visits is one compiled graph of the loss; before
-    :func:`freezelab.compiled.configure_dynamo` made the guards see ``requires_grad``, torch
-    2.11 reused one set's graph for another (``benchmarks/results/compile_check_gpu.txt``).
-    """
-    compile_ = compile_unsupported(run, _trainable_sets(run)) is None
-    return _Member(run, compile_)
+        return [StepRecord(m.losses.clone(), sets, f, step_times) for m, (_, sets), f in zip(self.members, ahead, fractions)]
 
 
 def graphed(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
@@ -362,31 +344,6 @@ def graphed(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
         return state["out"]
 
     return call
-
-
-def _trainable_sets(run: Run, enough: int = MAX_COMPILED_SETS + 1) -> int:
-    """How many distinct trainable sets the run's schedule visits, counting up to ``enough``.
-
-    Schedules are pure, so this costs a few milliseconds for thousands of steps.
-    """
-    spe, epochs = run.steps_per_epoch, run.config.epochs
-    seen: set[frozenset[str]] = set()
-    for step in range(spe * epochs):
-        seen.add(run.freezer.wanted(Clock.at(step, spe, epochs)))
-        if len(seen) >= enough:
-            break
-    return len(seen)
-
-
-def lockstep_key(run: Run) -> tuple | None:
-    """Runs with equal keys can share a :class:`GraphStepper`; ``None``: this run cannot.
-
-    Dropout is excluded because runs in one process share the CUDA generator, so their masks
-    would differ from each run's own when trained alone.
-    """
-    if graph_unsupported(run) is not None or run.config.fast == "off" or has_dropout(run.model):
-        return None
-    return (str(run.device), run.steps_per_epoch, len(run.data.train.y), run.config.batch_size)
 
 
 def _largest_power_of_two(n: int) -> int:

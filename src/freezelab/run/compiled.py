@@ -15,51 +15,47 @@ share one compiled graph instead of recompiling for every optimizer object. Like
 takes the model as an argument: instances of one architecture share a graph.
 
 Compiling costs seconds per distinct graph (a new trainable set, an activation, an optimizer),
-so :func:`compile_unsupported` turns it off where a run would have many of them, and for
-dropout (Inductor draws masks with its own generator; the eager masks are the reference).
+so the run's plan (:mod:`freezelab.run.plan`) turns it off where a run would have many of them,
+and for dropout (Inductor draws masks with its own generator; the eager masks are the reference).
+The Dynamo settings that make compiling exact under freezing are process-wide: a run applies
+them for its duration through :func:`dynamo_settings`; :func:`configure_dynamo` applies them for
+good, for code that compiles its own model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.adam import adam as functional_adam
 from torch.optim.sgd import sgd as functional_sgd
 
-from .models import has_dropout
-
-if TYPE_CHECKING:
-    from .train import Run
-
-__all__ = ["model_loss", "bookkeeping", "compile_unsupported", "compiled_loss", "compiled_update", "configure_dynamo",
-           "MAX_COMPILED_SETS"]
-
-#: A run that visits more trainable sets than this is not compiled (each set is a recompile).
-MAX_COMPILED_SETS = 8
+__all__ = ["model_loss", "bookkeeping", "compiled_loss", "compiled_update", "has_compiled_update", "configure_dynamo",
+           "dynamo_settings"]
 
 
-def compile_unsupported(run: Run, trainable_sets: int) -> str | None:
-    """Why the graph path of ``run`` should not be compiled, or ``None`` if it should."""
-    if run.config.compile == "off":
-        return "compile: off"
-    if run.device.type != "cuda":
-        return "compiling pays off on CUDA only"
-    if has_dropout(run.model):
-        return "the model has dropout (compiled masks would differ from the eager ones)"
-    if trainable_sets > MAX_COMPILED_SETS:
-        return f"the schedule visits {trainable_sets} trainable sets (> {MAX_COMPILED_SETS}; each would recompile)"
-    if compiled_update(run.freezer.optimizer) is None:
-        return f"no compiled update for {type(run.freezer.optimizer).__name__}"
-    return None
+def _dynamo_options(recompile_limit: int) -> dict[str, Any]:
+    """The Dynamo settings that make ``torch.compile`` fit freezing (see :func:`configure_dynamo`)."""
+    import torch._dynamo.config as dynamo_config
+
+    options: dict[str, Any] = {}
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            options[name] = max(getattr(dynamo_config, name), recompile_limit)
+            break
+    for name in ("skip_tensor_guards_with_matching_dict_tags", "use_recursive_dict_tags_for_guards"):
+        if hasattr(dynamo_config, name):
+            options[name] = False
+    return options
 
 
 def configure_dynamo(recompile_limit: int = 64) -> None:
-    """Make ``torch.compile`` fit freezing: room for a graph per trainable set, and sound guards.
+    """Make ``torch.compile`` fit freezing, for the rest of the process: room for a graph per trainable set, and sound guards.
 
     * Each trainable set, activation and optimizer is one more graph of the same function, so
       the recompile limit (8 by default) is raised.
@@ -70,16 +66,22 @@ def configure_dynamo(recompile_limit: int = 64) -> None:
       gradients were still computed, and a part that thawed got none, so an alternating
       schedule trained wrongly. Freezing flips exactly that flag, so both shortcuts are off.
       The cost is a full guard check per call, which graph replays never make.
+
+    For code that compiles its own model; a freezelab run uses :func:`dynamo_settings` instead.
     """
     import torch._dynamo.config as dynamo_config
 
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), recompile_limit))
-            break
-    for name in ("skip_tensor_guards_with_matching_dict_tags", "use_recursive_dict_tags_for_guards"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, False)
+    for name, value in _dynamo_options(recompile_limit).items():
+        setattr(dynamo_config, name, value)
+
+
+@contextlib.contextmanager
+def dynamo_settings(recompile_limit: int = 64) -> Iterator[None]:
+    """:func:`configure_dynamo`'s settings while the block runs; the previous ones afterwards."""
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(_dynamo_options(recompile_limit)):
+        yield
 
 
 def model_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -89,8 +91,10 @@ def model_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 @functools.cache
 def compiled_loss() -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """``cross_entropy(model(x), y)``, compiled (its backward is compiled by AOTAutograd)."""
-    configure_dynamo()
+    """``cross_entropy(model(x), y)``, compiled (its backward is compiled by AOTAutograd).
+
+    Compiling happens at the first call, which must run under :func:`dynamo_settings`.
+    """
     return torch.compile(model_loss, dynamic=False)
 
 
@@ -135,7 +139,6 @@ def _sgd_update(params, grads, buffers, lr, options: dict) -> None:
 
 @functools.cache
 def _compiled(fn: Callable) -> Callable:
-    configure_dynamo()
     return torch.compile(fn, dynamic=False)
 
 
@@ -184,14 +187,25 @@ class _Update:
             self.fn(*args)
 
 
+def _update_kind(optimizer: torch.optim.Optimizer) -> str | None:
+    """``"adam"`` for torch's Adam and AdamW (where AdamW is an Adam, as in recent torch), ``"sgd"`` for SGD."""
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and isinstance(optimizer, torch.optim.Adam):
+        return "adam"
+    if type(optimizer) is torch.optim.SGD:
+        return "sgd"
+    return None
+
+
+def has_compiled_update(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether :func:`compiled_update` covers ``optimizer`` (asks only: builds and compiles nothing)."""
+    return _update_kind(optimizer) is not None
+
+
 def compiled_update(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
     """A compiled stand-in for ``optimizer.step()``, or ``None`` for optimizers it does not cover.
 
-    Covers torch's Adam and AdamW (where AdamW is an Adam, as in recent torch) and SGD (with
-    or without momentum), all without sparse gradients.
+    Covers torch's Adam and AdamW and SGD (with or without momentum), all without sparse
+    gradients. Compiling happens at the first call, which must run under :func:`dynamo_settings`.
     """
-    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and isinstance(optimizer, torch.optim.Adam):
-        return _Update(optimizer, "adam")
-    if type(optimizer) is torch.optim.SGD:
-        return _Update(optimizer, "sgd")
-    return None
+    kind = _update_kind(optimizer)
+    return _Update(optimizer, kind) if kind is not None else None

@@ -2,7 +2,7 @@
 
 import torch
 
-from freezelab.compiled import configure_dynamo, model_loss
+from freezelab.run.compiled import configure_dynamo, model_loss
 
 from models_for_tests import mlp
 

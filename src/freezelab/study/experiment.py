@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import ConfigError, RunConfig, load_yaml
-from .schedules import ScheduleError, parse_schedule
+from ..config import ConfigError, RunConfig, read_yaml_file
+from ..run.build import check_config
+from ..schedules import ScheduleError, parse_schedule
 
 __all__ = ["Experiment", "load_experiment", "ExperimentError"]
 
@@ -125,7 +124,7 @@ class Experiment:
         return _safe_name(text, "variant label")
 
     def configs(self) -> list[RunConfig]:
-        """Every run of the experiment, fully validated."""
+        """Every run of the experiment, fully validated (registries included: nothing trains before all pass)."""
         out, seen = [], set()
         for label, fields in self.cells():
             if label in seen:
@@ -133,7 +132,9 @@ class Experiment:
             seen.add(label)
             for seed in self.seeds:
                 try:
-                    out.append(RunConfig.from_dict({**fields, "seed": seed, "experiment": self.name, "variant": label}))
+                    cfg = RunConfig.from_dict({**fields, "seed": seed, "experiment": self.name, "variant": label})
+                    check_config(cfg)
+                    out.append(cfg)
                 except (ConfigError, TypeError) as e:
                     raise ExperimentError(f"{self.name}/{label}: {e}") from None
         return out
@@ -183,13 +184,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise ExperimentError(f"experiment file {path} does not exist; see configs/ for examples")
-    try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise ExperimentError(f"{path} is not valid YAML{where}: {problem}") from None
+    data = read_yaml_file(path, ExperimentError)
     if overrides:
         if not isinstance(data, dict):
             raise ExperimentError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")

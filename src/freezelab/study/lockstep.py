@@ -3,17 +3,18 @@
 A small run leaves a GPU mostly idle: a FashionMLP step is a few dozen kernels of a few
 microseconds, each on a handful of the GPU's 132 multiprocessors. Worker processes do not fix
 that, because a GPU time-slices between processes instead of overlapping them. Here the runs
-share one process and one :class:`~freezelab.fast.GraphStepper`: each CUDA graph holds the
+share one process and one :class:`~freezelab.run.steppers.GraphStepper`: each CUDA graph holds the
 same steps of every run, every run on its own stream, so the GPU overlaps their kernels
 (60 seed-004 runs: about 5x the throughput of one after another,
 ``benchmarks/results/step_variants_gpu.json``). Every run executes the kernels it would
 execute alone, on inputs that depend only on its own seed, so its curves are bit-identical
 to training it alone.
 
-Runs share a stepper when :func:`~freezelab.fast.lockstep_key` says they can (CUDA graphs
-possible, no dropout, same steps per epoch and batch size) and they start at the same epoch
-(a resumed run may be further along); any other run is trained alone, in this process. Runs
-that load the same data share one copy of it on the device.
+Runs share a stepper when their plans' ``lockstep_key`` are equal (CUDA graphs possible, no
+dropout, same steps per epoch and batch size; :mod:`freezelab.run.plan`) and they start at the
+same epoch (a resumed run may be further along); any other run is trained alone, in this
+process. Either way the runs go through the one epoch loop, :func:`freezelab.run.loop.epoch_loop`.
+Runs that load the same data share one copy of it on the device.
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-
-from .config import RunConfig
-from .data import load_dataset
-from .fast import GraphStepper, lockstep_key
-from .train import RunResult, Training, data_request, run_training
+from ..config import RunConfig
+from ..run.build import SharedData
+from ..run.loop import RunResult, Training, epoch_loop, run_training
+from ..run.steppers import GraphStepper
 
 __all__ = ["train_together"]
 
@@ -43,12 +40,12 @@ def train_together(
 ) -> list[Outcome]:
     """Train every ``(config, run_dir)`` job; runs that can share the GPU step in lockstep.
 
-    Returns one outcome per job, in order: its :class:`~freezelab.train.RunResult`, or the
+    Returns one outcome per job, in order: its :class:`~freezelab.run.RunResult`, or the
     exception that stopped it (a diverged run stops alone; the others go on). ``on_result``
     is called with ``(index, outcome, seconds)`` as each finishes.
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    shared_data: dict[tuple, Any] = {}
+    shared_data = SharedData()
     trainings: dict[int, Training] = {}
     t0 = time.perf_counter()
 
@@ -59,16 +56,12 @@ def train_together(
 
     for i, (cfg, run_dir) in enumerate(jobs):
         try:
-            request = data_request(cfg)
-            key = tuple(sorted((k, str(v)) for k, v in request.items()))
-            if key not in shared_data:
-                shared_data[key] = load_dataset(**request)
-            trainings[i] = Training(cfg, run_dir, data=shared_data[key], progress=False)
+            trainings[i] = Training(cfg, run_dir, data=shared_data, progress=False)
         except Exception as e:  # noqa: BLE001 - reported per run, the others go on
             done(i, e)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, t in trainings.items():
-        key = lockstep_key(t.run)
+        key = t.run.plan.lockstep_key
         groups[(key, t.start_epoch) if key is not None else ("alone", i)].append(i)
     for (key, _), members in groups.items():
         if key == "alone" or len(members) == 1:
@@ -88,35 +81,16 @@ def _train_alone(training: Training, done: Callable, i: int) -> None:
 
 
 def _train_group(members: list[int], trainings: dict[int, Training], done: Callable) -> None:
+    """Runs that share one :class:`GraphStepper`, through the single-run epoch loop."""
     group = [trainings[i] for i in members]
-    stepper = GraphStepper([t.run for t in group])
-    alive = list(range(len(group)))
-    first, epochs = group[0].start_epoch, group[0].run.config.epochs
-    for t in group:
-        t.start()  # no dropout in a group, so whichever run sets the streams last does no harm
     try:
-        for epoch in range(first, epochs):
-            t0 = time.perf_counter()
-            perms = [t.begin_epoch(epoch) for t in group]
-            stepped = stepper.run_epochs(epoch, perms)
-            torch.cuda.current_stream(group[0].run.device).synchronize()
-            train_time = time.perf_counter() - t0
-            for k in list(alive):
-                try:
-                    group[k].end_epoch(epoch, stepped[k], train_time)
-                except Exception as e:  # noqa: BLE001 - this run stops; its graphs go on idling
-                    alive.remove(k)
-                    done(members[k], e)
-            if not alive:
-                break
-    except Exception as e:  # noqa: BLE001 - the shared stepper failed: every unfinished run fails
-        for k in alive:
-            done(members[k], e)
-        alive = []
-    finally:
-        stepper.close()
-        for t in group:
+        stepper = GraphStepper([t.run for t in group])
+    except Exception as e:  # noqa: BLE001 - the shared stepper failed: every run of the group fails
+        for t, i in zip(group, members):
             t.close()
+            done(i, e)
+        return
+    alive = epoch_loop(group, stepper, failed=lambda k, e: done(members[k], e))
     for k in alive:
         try:
             done(members[k], group[k].finish())

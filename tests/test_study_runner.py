@@ -11,11 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import freezelab.train as train_mod
-from freezelab import runlog
-from freezelab.experiment import Experiment
-from freezelab.runner import ConfigChanged, RunOutcome, check_run_dir, run_experiment
-from freezelab.train import train
+from freezelab.run import record as run_folder
+from freezelab.run import train
+from freezelab.study import ConfigChanged, Experiment, RunOutcome, check_run_dir, run_experiment
 
 BASE = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [32, 32]}}
 SCHEDULES = {"standard": {"name": "standard"}, "alternate-epoch": {"name": "alternate", "unit": "epoch"}}
@@ -31,7 +29,7 @@ def statuses(outcomes: list[RunOutcome], root: Path) -> dict[str, str]:
 
 
 def epochs_of(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(run_dir / runlog.EPOCHS)
+    return pd.read_parquet(run_dir / run_folder.EPOCHS)
 
 
 CURVE = ["epoch", "train_loss", "val_loss", "val_acc", "test_acc", "trainable"]
@@ -50,8 +48,8 @@ def test_one_folder_per_run_in_the_documented_layout(finished):
     assert folders == ["tiny/alternate-epoch/seed0", "tiny/alternate-epoch/seed1", "tiny/standard/seed0", "tiny/standard/seed1"]
     for folder in folders:
         run_dir = finished / folder
-        assert runlog.is_finished(run_dir)
-        saved = runlog.read_config(run_dir)
+        assert run_folder.is_finished(run_dir)
+        saved = run_folder.read_config(run_dir)
         assert saved["experiment"] == "tiny" and saved["variant"] == folder.split("/")[1]
         assert saved["seed"] == int(folder[-1])
         assert epochs_of(run_dir)["epoch"].tolist() == [1, 2, 3]
@@ -95,7 +93,7 @@ def test_check_run_dir_on_an_empty_folder(tmp_path):
 
 
 def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_path, monkeypatch):
-    real = train_mod._save_progress
+    real = run_folder.save_progress
     trained: list[tuple[str, int]] = []
 
     def record(run, run_dir, rows, step_rows, epoch):
@@ -108,9 +106,9 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
         if run.config.variant == "alternate-epoch" and run.config.seed == 0 and epoch == 0:
             raise RuntimeError("power cut")  # after epoch 1 and its checkpoint are on disk
 
-    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
-    monkeypatch.setattr(train_mod, "_save_progress", power_cut)
-    first = run_experiment(tiny(), tmp_path)
+    every_epoch = {**BASE, "save_every_s": 0.0}  # a checkpoint after every epoch (no new run: an execution knob)
+    monkeypatch.setattr(run_folder, "save_progress", power_cut)
+    first = run_experiment(tiny(base=every_epoch), tmp_path)
     assert statuses(first, tmp_path) == {
         "tiny/standard/seed0": "done",
         "tiny/standard/seed1": "done",
@@ -120,11 +118,11 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
     failed = next(o for o in first if o.status == "failed")
     assert failed.error == "RuntimeError: power cut"
     cut = tmp_path / "tiny/alternate-epoch/seed0"
-    assert not runlog.is_finished(cut) and epochs_of(cut)["epoch"].tolist() == [1]
+    assert not run_folder.is_finished(cut) and epochs_of(cut)["epoch"].tolist() == [1]
 
     trained.clear()
-    monkeypatch.setattr(train_mod, "_save_progress", record)
-    second = run_experiment(tiny(), tmp_path)
+    monkeypatch.setattr(run_folder, "save_progress", record)
+    second = run_experiment(tiny(base=every_epoch), tmp_path)
     assert statuses(second, tmp_path)["tiny/alternate-epoch/seed0"] == "done"
     assert sorted(s for s in statuses(second, tmp_path).values()) == ["done", "skipped", "skipped", "skipped"]
     assert trained == [("tiny/alternate-epoch/seed0", 1), ("tiny/alternate-epoch/seed0", 2)]  # epochs 2 and 3 only
@@ -151,5 +149,5 @@ def test_two_worker_processes_give_the_same_results_as_one(tmp_path, finished):
     for run in ("standard/seed0", "standard/seed1", "alternate-epoch/seed0", "alternate-epoch/seed1"):
         one, two = epochs_of(finished / "tiny" / run), epochs_of(tmp_path / "tiny" / run)
         pd.testing.assert_frame_equal(one[CURVE], two[CURVE])
-        s1, s2 = runlog.read_summary(finished / "tiny" / run), runlog.read_summary(tmp_path / "tiny" / run)
+        s1, s2 = run_folder.read_summary(finished / "tiny" / run), run_folder.read_summary(tmp_path / "tiny" / run)
         assert (s1["final_val_acc"], s1["final_test_acc"], s1["switches"]) == (s2["final_val_acc"], s2["final_test_acc"], s2["switches"])

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runlog
-from .config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig
+from ..run import record
+from ..run.plan import lockstep_candidate
+from ..schedules import ScheduleError, schedule_from_dict
 from .experiment import Experiment
-from .schedules import ScheduleError, schedule_from_dict
 
 __all__ = ["run_experiment", "RunOutcome", "ConfigChanged", "check_run_dir"]
 
@@ -37,12 +38,13 @@ class RunOutcome:
 
 
 #: Fields that say where or how a run executes, not what it computes: changing them is no new run.
-_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "fast", "compile", "tensorboard"}
+_WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "fast", "compile", "tensorboard",
+                   "save_every_s"}
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
     """``True`` if the run is already finished; raise :class:`ConfigChanged` on a mismatch."""
-    saved = runlog.read_config(run_dir)
+    saved = record.read_config(run_dir)
     if saved is None:
         return False
     saved = {**RunConfig().to_dict(), **saved}  # an option added since the folder was written had its default
@@ -56,7 +58,7 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
             f"{run_dir} holds a run with {k}={saved.get(k)!r}, but the config now says {k}={wanted.get(k)!r}; "
             "write to another folder (--runs-dir, or --out for train) or remove that one to rerun it"
         )
-    return runlog.is_finished(run_dir)
+    return record.is_finished(run_dir)
 
 
 def _canonical(schedule: Any) -> Any:
@@ -75,23 +77,13 @@ def _train_one(config: dict[str, Any], run_dir: str, threads: int | None = None)
     """Worker entry point (top level so it pickles): train one run into ``run_dir``."""
     import torch
 
-    from .train import train
+    from ..run import train
 
     if threads:  # workers split the CPUs; in-process runs keep the caller's setting
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     train(RunConfig.from_dict(config), run_dir, progress=False)
     return time.perf_counter() - t0
-
-
-def _lockstep_chunk_key(cfg: RunConfig) -> tuple | None:
-    """Runs that may share a GPU in lockstep (checked exactly once built), or ``None``."""
-    from .fast import GRAPH_POLICIES
-    from .train import resolve_device
-
-    if cfg.fast == "off" or cfg.policy not in GRAPH_POLICIES or resolve_device(cfg.device).type != "cuda":
-        return None
-    return (cfg.dataset, cfg.recipe, cfg.subset, cfg.data_root, cfg.batch_size, cfg.epochs)
 
 
 def _train_in_lockstep(todo: list[tuple[RunConfig, Path]], size: int, finish: Callable[[RunOutcome], None]) -> list:
@@ -101,7 +93,7 @@ def _train_in_lockstep(todo: list[tuple[RunConfig, Path]], size: int, finish: Ca
     chunks: dict[tuple, list[tuple[RunConfig, Path]]] = {}
     rest = []
     for cfg, run_dir in todo:
-        key = _lockstep_chunk_key(cfg)
+        key = lockstep_candidate(cfg)  # the plan decides exactly once each run is built
         if key is None:
             rest.append((cfg, run_dir))
         else:
@@ -131,7 +123,7 @@ def run_experiment(
     """Train every unfinished run of ``experiment`` under ``runs_dir``.
 
     On a GPU, up to ``lockstep`` runs that can share CUDA graphs train together in this process,
-    each on its own stream, with the results each would get alone (:mod:`freezelab.lockstep`).
+    each on its own stream, with the results each would get alone (:mod:`freezelab.study.lockstep`).
     The other runs train ``jobs`` at a time in worker processes (on a CPU, each worker gets
     its share of the cores). A failing run (a diverged loss, say) is reported in its outcome
     and does not stop the others; every finished run stays on disk.

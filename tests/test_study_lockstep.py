@@ -1,16 +1,16 @@
 """Training runs together: outcomes per run, in order, equal to training each alone.
 
 On a CPU nothing can share CUDA graphs, so every run takes the single-run path; the GPU
-lockstep itself is tested in tests/test_fast.py (bit-identical to alone, on the device machine).
+lockstep itself is tested in tests/test_run_steppers.py (bit-identical to alone, on the device machine).
 """
 
 import torch
 
-from freezelab.compiled import compile_unsupported, compiled_update
 from freezelab.config import RunConfig
-from freezelab.fast import lockstep_key
-from freezelab.lockstep import train_together
-from freezelab.train import TrainingDiverged, build_run, train
+from freezelab.run import Training, TrainingDiverged, build_run, epoch_loop, train
+from freezelab.run.compiled import compiled_update
+from freezelab.run.steppers import EagerStepper
+from freezelab.study import train_together
 
 BASE = {"dataset": "digits", "epochs": 2, "batch_size": 64, "lr": 1e-2, "device": "cpu"}
 
@@ -30,11 +30,28 @@ def test_outcomes_come_back_in_order_and_equal_training_alone(tmp_path):
     assert (tmp_path / "a" / "summary.json").exists()
 
 
+def test_a_group_goes_through_the_single_run_epoch_loop_and_a_failing_member_stops_alone():
+    class Together:  # stands in for the shared GraphStepper on a CPU: one epoch of every run per call
+        def __init__(self, runs):
+            self.steppers = [EagerStepper(run) for run in runs]
+
+        def run_epochs(self, epoch, perms, bar=None):
+            return [s.run_epoch(epoch, perm) for s, perm in zip(self.steppers, perms)]
+
+    ok = RunConfig.from_dict({**BASE, "seed": 0})
+    diverging = RunConfig.from_dict({**BASE, "seed": 2, "optimizer": "sgd", "lr": 1e12})
+    group = [Training(cfg, progress=False) for cfg in (diverging, ok)]
+    failed = []
+    alive = epoch_loop(group, Together([t.run for t in group]), failed=lambda k, e: failed.append((k, type(e))))
+    assert alive == [1] and failed == [(0, TrainingDiverged)]
+    assert group[1].finish().epochs["train_loss"].tolist() == train(ok, progress=False).epochs["train_loss"].tolist()
+
+
 def test_cpu_runs_neither_share_graphs_nor_compile():
     run = build_run(BASE)
-    assert lockstep_key(run) is None
-    assert compile_unsupported(run, 1) == "compiling pays off on CUDA only"
-    assert compile_unsupported(build_run({**BASE, "compile": "off"}), 1) == "compile: off"
+    assert run.plan.lockstep_key is None
+    assert run.plan.compile_reason == "compiling pays off on CUDA only"
+    assert build_run({**BASE, "compile": "off"}).plan.compile_reason == "compile: off"
 
 
 def test_compiled_sgd_update_is_torchs_sgd():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from freezelab.config import ConfigError, RunConfig, load_yaml
-from freezelab.experiment import Experiment, ExperimentError, load_experiment
+from freezelab.run import build_schedule
+from freezelab.study import Experiment, ExperimentError, load_experiment
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 BASE = {"dataset": "digits", "epochs": 2, "model_args": {"hidden": [16]}}
@@ -83,7 +84,7 @@ def test_labels_and_names_become_safe_folder_names(tmp_path):
 
 def test_schedule_shorthand_strings_work_like_train_schedule():
     e = exp(schedules={"standard": "standard", "alternate-batch": "alternate:unit=batch,every=5"})
-    schedules = {c.variant: c.schedule_obj().describe() for c in e.configs()}
+    schedules = {c.variant: build_schedule(c).describe() for c in e.configs()}
     assert schedules["alternate-batch"] == "alternate first/second every 5 batches, first trains first"
     one_line_error(exp, schedules={"x": "alternating"}, match=r"schedules\.x: unknown schedule 'alternating'")
 
@@ -185,7 +186,7 @@ def test_every_shipped_config_loads_and_validates(path):
     assert len(configs) == len(e.seeds) * len({c.variant for c in configs})
     assert path.read_text().startswith(f"# freezelab run configs/{path.name}"), "the header shows the launch command"
     for c in configs:  # every run describes its schedule, i.e. the schedule parses
-        assert c.schedule_obj().describe()
+        assert build_schedule(c).describe()
 
 
 def test_shipped_configs_match_their_seeds():

@@ -1,14 +1,16 @@
 """One training run: the run folder, identical starts, resume, divergence, and the seeds' accuracies."""
 
+import dataclasses
 import math
 
 import pandas as pd
 import pytest
 import torch
 
-from freezelab import runlog
 from freezelab.config import ConfigError, RunConfig
-from freezelab.train import TrainingDiverged, build_run, train
+from freezelab.run import TrainingDiverged, build_run, build_schedule, check_config, train
+from freezelab.run import record as run_folder
+from freezelab.run.steppers import EagerStepper
 
 from conftest import data_root
 
@@ -30,7 +32,7 @@ def test_run_folder_has_everything_the_notebooks_log(tmp_path):
     steps = pd.read_parquet(tmp_path / "steps.parquet")
     assert set(steps.columns) >= {"step", "epoch", "loss", "trainable", "trainable_fraction", "step_time_s"}
     assert steps["step"].tolist() == list(range(len(steps)))
-    summary = runlog.read_summary(tmp_path)
+    summary = run_folder.read_summary(tmp_path)
     for key in ("final_val_acc", "best_val_acc", "best_epoch", "epoch_to_90pct_best", "final_test_acc", "stability",
                 "mean_early_grad", "avg_epoch_time_s", "time_to_target_s", "peak_mem_bytes", "test_ece", "reliability",
                 "throughput_samples_per_s", "step_time_ms", "device", "torch_version"):
@@ -73,14 +75,12 @@ def test_frozen_half_really_does_not_move_during_training():
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypatch):
     cfg = {**TINY, "epochs": 4, "schedule": {"name": "alternate", "unit": "batch", "every": 3}, "policy": "remove",
-           "model_args": {"hidden": [32, 32], "dropout": 0.2}}  # dropout: the RNG stream must resume too
+           "model_args": {"hidden": [32, 32], "dropout": 0.2},  # dropout: the RNG stream must resume too
+           "save_every_s": 0.0}  # a checkpoint after every epoch
     full = train(cfg, tmp_path / "full", progress=False)
 
-    import freezelab.train as train_mod
-
-    real = train_mod._save_progress
+    real = run_folder.save_progress
     calls = []
-    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
 
     def crash_after_two(run, run_dir, rows, step_rows, epoch):
         real(run, run_dir, rows, step_rows, epoch)
@@ -88,11 +88,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_save_progress", crash_after_two)
+    monkeypatch.setattr(run_folder, "save_progress", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_mod, "_save_progress", real)
-    assert not runlog.is_finished(tmp_path / "cut")
+    monkeypatch.setattr(run_folder, "save_progress", real)
+    assert not run_folder.is_finished(tmp_path / "cut")
     resumed = train(cfg, tmp_path / "cut", progress=False)
     assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
     assert resumed.epochs["val_acc"].tolist() == full.epochs["val_acc"].tolist()
@@ -101,82 +101,76 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, monkeypa
 
 
 def test_checkpoints_are_written_at_most_every_save_interval_and_at_the_end(tmp_path, monkeypatch):
-    import freezelab.train as train_mod
-
-    real, saved = train_mod._save_progress, []
+    real, saved = run_folder.save_progress, []
 
     def count(run, run_dir, rows, step_rows, epoch):
         real(run, run_dir, rows, step_rows, epoch)
         saved.append(epoch)
 
-    monkeypatch.setattr(train_mod, "_save_progress", count)
+    monkeypatch.setattr(run_folder, "save_progress", count)
     train({**TINY, "epochs": 4}, tmp_path / "run", progress=False)
-    assert saved == [3]  # a tiny run takes far less than SAVE_EVERY_S: only its last epoch
-    assert runlog.is_finished(tmp_path / "run")
+    assert saved == [3]  # a tiny run takes far less than save_every_s (20 s): only its last epoch
+    assert run_folder.is_finished(tmp_path / "run")
 
 
 def test_a_stop_between_checkpoints_keeps_the_epochs_and_a_resume_redoes_them(tmp_path, monkeypatch):
     """Epochs logged after the last checkpoint are on disk after a crash, then trained again on resume."""
-    import freezelab.fast as fast
-    import freezelab.train as train_mod
-
-    cfg = {**TINY, "epochs": 4, "model_args": {"hidden": [32, 32], "dropout": 0.2}}
+    cfg = {**TINY, "epochs": 4, "model_args": {"hidden": [32, 32], "dropout": 0.2}, "save_every_s": 0.0}
     full = train(cfg, tmp_path / "full", progress=False)
-    real_save, real_epoch = train_mod._save_progress, fast.EagerStepper.run_epoch
-    monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 0.0)
+    real_save, real_epoch = run_folder.save_progress, EagerStepper.run_epoch
 
-    def save_once(*args):
-        real_save(*args)
-        monkeypatch.setattr(train_mod, "SAVE_EVERY_S", 1e9)  # epoch 1 is checkpointed, no later one
+    def save_once(run, *args):
+        real_save(run, *args)
+        run.config.save_every_s = 1e9  # epoch 1 is checkpointed, no later one
 
     def crash_in_epoch_3(self, epoch, perm, bar=None):
         if epoch == 2:
             raise RuntimeError("power cut")
         return real_epoch(self, epoch, perm, bar)
 
-    monkeypatch.setattr(train_mod, "_save_progress", save_once)
-    monkeypatch.setattr(fast.EagerStepper, "run_epoch", crash_in_epoch_3)
+    monkeypatch.setattr(run_folder, "save_progress", save_once)
+    monkeypatch.setattr(EagerStepper, "run_epoch", crash_in_epoch_3)
     with pytest.raises(RuntimeError, match="power cut"):
         train(cfg, tmp_path / "cut", progress=False)
-    assert runlog.read_table(tmp_path / "cut" / runlog.EPOCHS)["epoch"].tolist() == [1, 2]
-    assert runlog.load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    assert run_folder.read_table(tmp_path / "cut" / run_folder.EPOCHS)["epoch"].tolist() == [1, 2]
+    assert run_folder.load_checkpoint(tmp_path / "cut")["epoch"] == 1
 
-    monkeypatch.setattr(fast.EagerStepper, "run_epoch", real_epoch)
+    monkeypatch.setattr(EagerStepper, "run_epoch", real_epoch)
     resumed = train(cfg, tmp_path / "cut", progress=False)
     assert resumed.epochs["epoch"].tolist() == [1, 2, 3, 4]
     assert resumed.epochs["train_loss"].tolist() == full.epochs["train_loss"].tolist()
-    steps = runlog.read_table(tmp_path / "cut" / runlog.STEPS)
+    steps = run_folder.read_table(tmp_path / "cut" / run_folder.STEPS)
     assert steps["step"].tolist() == list(range(len(steps)))  # no step logged twice
 
 
 def test_nan_loss_is_a_clear_error_and_keeps_finished_epochs(tmp_path, monkeypatch):
-    import freezelab.fast as fast
-
-    real = fast.EagerStepper.run_epoch
+    real = EagerStepper.run_epoch
 
     def poisoned(self, epoch, perm, bar=None):
-        losses, *rest = real(self, epoch, perm, bar)
-        return (losses * float("nan") if epoch == 1 else losses), *rest
+        record = real(self, epoch, perm, bar)
+        return dataclasses.replace(record, losses=record.losses * float("nan")) if epoch == 1 else record
 
-    monkeypatch.setattr(fast.EagerStepper, "run_epoch", poisoned)
-    monkeypatch.setattr("freezelab.train.SAVE_EVERY_S", 0.0)  # a checkpoint after every finished epoch
+    monkeypatch.setattr(EagerStepper, "run_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2.*lower lr.*1 finished epochs are kept"):
-        train(TINY, tmp_path, progress=False)
+        train({**TINY, "save_every_s": 0.0}, tmp_path, progress=False)  # a checkpoint after every finished epoch
     kept = pd.read_parquet(tmp_path / "epochs.parquet")
     assert kept["epoch"].tolist() == [1] and math.isfinite(kept["train_loss"][0])
-    assert not runlog.is_finished(tmp_path)
-    assert runlog.load_checkpoint(tmp_path)["epoch"] == 1  # the diverged state is never checkpointed
+    assert not run_folder.is_finished(tmp_path)
+    assert run_folder.load_checkpoint(tmp_path)["epoch"] == 1  # the diverged state is never checkpointed
 
 
 def test_bad_config_is_one_clear_line():
     with pytest.raises(ConfigError, match="unknown run option 'epoch'.*did you mean 'epochs'"):
         RunConfig.from_dict({"epoch": 3})
+    # Names in the registries are checked where a run is built (the config is plain data).
     with pytest.raises(ConfigError, match="unknown schedule 'alternating'"):
-        RunConfig.from_dict({"schedule": {"name": "alternating"}})
+        check_config(RunConfig.from_dict({"schedule": {"name": "alternating"}}))
     with pytest.raises(ConfigError, match="optimizer 'adagrad' is unknown"):
-        RunConfig.from_dict({"optimizer": "adagrad"})
+        check_config(RunConfig.from_dict({"optimizer": "adagrad"}))
     with pytest.raises(ConfigError, match="dataset 'imagenet' is unknown"):
-        RunConfig.from_dict({"dataset": "imagenet"})
+        build_run({"dataset": "imagenet"})
+    with pytest.raises(ConfigError, match="policy 'freeze' is unknown"):
+        check_config(RunConfig.from_dict({"policy": "freeze"}))
 
 
 def test_lr_schedule_is_logged_as_applied():
@@ -221,10 +215,10 @@ def test_tensorboard_scalars_are_written(tmp_path):
 
 def test_random_schedules_draw_from_the_run_seed_unless_given_one():
     lisa = {"name": "random_layers", "k": 1, "every": 2}
-    a = RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 0}).schedule_obj()
-    b = RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 1}).schedule_obj()
+    a = build_schedule(RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 0}))
+    b = build_schedule(RunConfig.from_dict({**TINY, "schedule": lisa, "seed": 1}))
     assert (a.seed, b.seed) == (0, 1)
-    pinned = RunConfig.from_dict({**TINY, "schedule": {**lisa, "seed": 7}, "seed": 1}).schedule_obj()
+    pinned = build_schedule(RunConfig.from_dict({**TINY, "schedule": {**lisa, "seed": 7}, "seed": 1}))
     assert pinned.seed == 7
     nested = {"name": "warmup", "groups": ["first"], "steps": 3, "then": {"name": "block_cycle", "order": "random"}}
-    assert RunConfig.from_dict({**TINY, "schedule": nested, "seed": 5}).schedule_obj().then.seed == 5
+    assert build_schedule(RunConfig.from_dict({**TINY, "schedule": nested, "seed": 5})).then.seed == 5

@@ -7,10 +7,10 @@ the device machine (see benchmarks/README.md); the selection logic is tested eve
 import pytest
 import torch
 
-from freezelab.compiled import compiled_loss
 from freezelab.config import ConfigError
-from freezelab.fast import EagerStepper, GraphStepper, graph_unsupported, make_stepper
-from freezelab.train import build_run, train
+from freezelab.run import build_run, train
+from freezelab.run.compiled import compiled_loss
+from freezelab.run.steppers import EagerStepper, GraphStepper, make_stepper
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA (run on the device machine)")
@@ -28,8 +28,8 @@ def test_cpu_uses_the_eager_stepper_and_refuses_graph():
 @pytest.mark.gpu
 def test_graph_path_is_chosen_when_exact():
     run = build_run({**BASE, "device": "cuda"})
-    assert graph_unsupported(run) is None and isinstance(make_stepper(run), GraphStepper)
-    assert "replaces" in graph_unsupported(build_run({**BASE, "device": "cuda", "policy": "recreate"}))
+    assert run.plan.stepper == "graph" and isinstance(make_stepper(run), GraphStepper)
+    assert "replaces" in build_run({**BASE, "device": "cuda", "policy": "recreate"}).plan.stepper_reason
     assert isinstance(make_stepper(build_run({**BASE, "device": "cuda", "optimizer": "rmsprop"})), EagerStepper)
 
 
@@ -98,7 +98,7 @@ def test_compile_is_skipped_where_it_does_not_pay_and_used_elsewhere():
 def test_runs_in_lockstep_equal_each_run_alone(tmp_path):
     """Several runs sharing graphs on parallel streams: every curve and weight bit-identical to alone."""
     from freezelab.config import RunConfig
-    from freezelab.lockstep import train_together
+    from freezelab.study import train_together
 
     cfgs = [
         RunConfig.from_dict({**BASE, "device": "cuda", "seed": 1}),

@@ -1,0 +1,178 @@
+"""Building a run: a :class:`~freezelab.config.RunConfig` in, everything the run is made of out.
+
+This is where a config meets the registries: :func:`check_config` checks every name it uses
+(schedule, policy, model, optimizer, dataset) with one clear line per mistake, and
+:func:`build_run` builds the data, model, groups, schedule (once), optimizer, freezer and
+execution plan. Fair comparisons come from the seed alone: the model's initial weights, the
+data split and the batch order depend only on ``config.seed``, never on the schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import groups as groups_mod
+from ..config import ConfigError, RunConfig
+from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset
+from ..freezer import BN_STATS, POLICIES, Freezer
+from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
+from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule
+from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
+
+__all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
+
+#: Models that take images as NCHW tensors (everything else gets flattened inputs).
+IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
+
+
+def build_schedule(cfg: RunConfig) -> Schedule:
+    """The run's schedule; random ones (block_cycle, random_layers) without their own seed use the run's."""
+    try:
+        return schedule_from_dict(_with_run_seed(cfg.schedule, cfg.seed))
+    except ScheduleError as e:
+        raise ConfigError(f"schedule: {e}") from None
+
+
+def check_config(cfg: RunConfig) -> Schedule:
+    """Check every name ``cfg`` looks up in a registry; return its schedule (built here, once).
+
+    Everything that can be checked without building the model or loading data; the messages
+    are one line that names the option and the choices.
+    """
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(cfg.policy in POLICIES, f"policy {cfg.policy!r} is unknown; choose from {list(POLICIES)}")
+    need(cfg.bn_stats in BN_STATS, f"bn_stats {cfg.bn_stats!r} is unknown; choose from {list(BN_STATS)}")
+    schedule = build_schedule(cfg)
+    need(cfg.model in list_models(), f"model {cfg.model!r} is unknown; choose from {sorted(list_models())}")
+    need(cfg.activation in ACTIVATIONS, f"activation {cfg.activation!r} is unknown; choose from {sorted(ACTIVATIONS)}")
+    need(cfg.optimizer in list_optimizers(), f"optimizer {cfg.optimizer!r} is unknown; choose from {sorted(list_optimizers())}")
+    need(
+        cfg.lr_schedule in list_lr_schedules(),
+        f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
+    )
+    need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+    return schedule
+
+
+@dataclass
+class Run:
+    """Everything a run is made of, built deterministically from the config."""
+
+    config: RunConfig
+    plan: ExecutionPlan
+    device: torch.device
+    data: DatasetSplits
+    model: nn.Module
+    groups: groups_mod.GroupSet
+    schedule: Schedule
+    freezer: Freezer
+    batches: IndexBatches
+    lr_at: Any
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch
+
+
+class SharedData:
+    """Datasets loaded once for all the runs of a process that ask for the same (:func:`data_request`)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple, DatasetSplits] = {}
+
+    def load(self, request: dict[str, Any]) -> DatasetSplits:
+        key = tuple(sorted((k, str(v)) for k, v in request.items()))
+        if key not in self._loaded:
+            self._loaded[key] = load_dataset(**request)
+        return self._loaded[key]
+
+
+def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedData | None = None) -> Run:
+    """Data, model, groups, schedule, optimizer, freezer and plan for ``config``: identical for identical seeds.
+
+    ``data``: the run's data if the caller has it, or a :class:`SharedData` to load it from
+    (runs of equal data requests then share one copy on the device).
+    """
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    schedule = check_config(cfg)
+    device = resolve_device(cfg.device)
+    if data is None or isinstance(data, SharedData):
+        request = data_request(cfg, device)
+        data = data.load(request) if data is not None else load_dataset(**request)
+    model = _build_model(cfg, data).to(device)
+    example = data.train.x[:2]
+    gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum, fused=fused_optimizer(cfg, device) or None)
+    freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats)
+    batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
+    spe = batches.steps_per_epoch
+    lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
+    plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
+                    train_size=len(data.train.y),
+                    trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
+
+
+def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The :func:`~freezelab.data.load_dataset` arguments of a run: runs with equal ones can share the data."""
+    return {"name": cfg.dataset, "root": cfg.data_root, "recipe": cfg.recipe, "seed": cfg.seed,
+            "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download, "device": device}
+
+
+def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
+    """Build the model under a generator seeded only by ``cfg.seed``: identical starts."""
+    shape = tuple(data.input_shape)
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes, **cfg.model_args}
+    if cfg.model in IMAGE_MODELS:
+        kwargs.setdefault("in_channels", shape[0])
+    else:
+        kwargs.setdefault("in_features", math.prod(shape))
+        if "activation" in model_options(cfg.model):
+            kwargs.setdefault("activation", cfg.activation)
+        elif cfg.activation != "relu":
+            raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, **kwargs)
+
+
+def _trainable_sets(freezer: Freezer, spe: int, epochs: int, enough: int) -> int:
+    """How many distinct trainable sets the run's schedule visits, counting up to ``enough``.
+
+    Schedules are pure, so this costs a few milliseconds for thousands of steps.
+    """
+    seen: set[frozenset[str]] = set()
+    for step in range(spe * epochs):
+        seen.add(freezer.wanted(Clock.at(step, spe, epochs)))
+        if len(seen) >= enough:
+            break
+    return len(seen)
+
+
+def _with_run_seed(spec: Any, seed: int) -> Any:
+    """Give every schedule spec that takes a ``seed`` and names none the run's seed.
+
+    Otherwise all seeds of an experiment would draw the same "random" layers, and the spread
+    over seeds would miss the schedule's own randomness.
+    """
+    if isinstance(spec, list):
+        return [_with_run_seed(v, seed) for v in spec]
+    if not isinstance(spec, dict):
+        return spec
+    out = {k: _with_run_seed(v, seed) for k, v in spec.items()}
+    cls = SCHEDULES.get(spec.get("name"))  # type: ignore[arg-type]
+    if cls is not None and "seed" not in spec and any(f.name == "seed" for f in dataclasses.fields(cls)):
+        out["seed"] = seed
+    return out

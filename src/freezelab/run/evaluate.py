@@ -1,0 +1,173 @@
+"""What a run measures: each epoch's evaluation and statistics, its log rows and its summary.
+
+Everything is computed on the device and copied to the host together, once per epoch (the
+measurements of an epoch are one :func:`measure_epoch` call, replayed from a CUDA graph on
+the graph path, and one transfer in :func:`epoch_row`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import metrics
+from ..optim import optimizer_state_bytes
+
+if TYPE_CHECKING:
+    from .build import Run
+    from .steppers import StepRecord
+
+__all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize"]
+
+#: The end-of-epoch scalars, in the order the epoch row lists them.
+SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, ...]:
+    """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins)."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(x[i : i + chunk]) for i in range(0, len(y), chunk)])
+    model.train(was_training)
+    loss = nn.functional.cross_entropy(logits.float(), y)
+    acc = (logits.argmax(1) == y).float().mean()
+    ece, _ = metrics.expected_calibration_error(logits.float(), y)
+    return loss, acc, ece, logits
+
+
+def probe_statistics(run: Run) -> dict[str, Any]:
+    """Per-layer gradient statistics, dead units and the two-group cosine on a fixed probe batch.
+
+    Gradients are taken for every managed parameter (frozen ones included) so the gradient
+    flow plot shows what would reach each layer; the model's parameters, buffers, gradients
+    and trainable set are left exactly as they were.
+    """
+    model, fz = run.model, run.freezer
+    x, y = run.data.train.x[: run.config.batch_size], run.data.train.y[: run.config.batch_size]
+    managed = [p for g in run.groups for p in run.groups.params(model, g.name)]
+    saved_flags = [p.requires_grad for p in managed]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    out: dict[str, Any] = {}
+    try:
+        for p in managed:
+            p.requires_grad_(True)
+            p.grad = None
+        act_names = list(getattr(model, "hidden_activation_names", []))
+        with metrics.capture_activations(model, act_names) as acts:
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        names, stats = metrics.grad_stats([(n, p) for n, p in model.named_parameters() if p.grad is not None])
+        out["grad_names"], out["grad_stats"] = names, stats
+        out["dead"] = {n: metrics.dead_units(a) for n, a in acts.items()}
+        sched = run.groups.schedulable
+        if len(sched) >= 2:
+            a, b = run.groups[sched[0]].param_names, run.groups[sched[1]].param_names
+            out["cosine"] = metrics.function_space_cosine(model, a, b, x)
+    finally:
+        for p, flag in zip(managed, saved_flags):
+            p.requires_grad_(flag)
+            p.grad = None
+        for b, saved in zip(model.buffers(), saved_buffers):
+            b.copy_(saved)
+        fz.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def measure_epoch(run: Run) -> dict[str, Any]:
+    """Everything evaluated at the end of an epoch, as device tensors (no host synchronisation).
+
+    ``{"scalars": {name: tensor for SCALARS}, "probe": probe_statistics}``. When the plan says
+    so, this is replayed from a CUDA graph (:func:`freezelab.run.steppers.graphed`).
+    """
+    model, data = run.model, run.data
+    val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y)
+    test_loss, test_acc, _, _ = evaluate(model, data.test.x, data.test.y)
+    probe = probe_statistics(run) if run.config.grad_stats else {}
+    scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc)))
+    return {"scalars": scalars, "probe": probe}
+
+
+def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measured: dict[str, Any]) -> dict[str, Any]:
+    """The epoch's log row: the measurements and the training losses copied to the host in one go."""
+    probe = measured["probe"]
+    dead = {f"dead_pct:{name}": value for name, value in probe.get("dead", {}).items()}
+    on_device = {"train_loss": record.losses.float().mean(), **measured["scalars"], **dead}
+    if "cosine" in probe:
+        on_device["grad_cosine"] = probe["cosine"]
+    host = dict(zip(on_device, torch.stack([t.detach().float().reshape(()) for t in on_device.values()]).cpu().tolist()))
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": host["train_loss"],
+        **{name: host[name] for name in SCALARS},
+        "lr": run.lr_at((epoch + 1) * run.steps_per_epoch - 1),
+        "train_time_s": train_time,
+        "trainable": "+".join(n for n in run.groups.names if n in record.trainable[-1]),
+        "trainable_fraction": sum(record.fractions) / len(record.fractions),
+        "opt_state_bytes": optimizer_state_bytes(run.freezer.optimizer),
+        "grad_cosine": host.get("grad_cosine", float("nan")),
+        **{name: host[name] for name in dead},
+    }
+    if "grad_stats" in probe:
+        stats = probe["grad_stats"].cpu().tolist()
+        for name, (mean_abs, std, pct_zero) in zip(probe["grad_names"], stats):
+            row[f"grad_mean_abs:{name}"] = mean_abs
+            row[f"grad_std:{name}"] = std
+            row[f"grad_pct_zero:{name}"] = pct_zero
+    return row
+
+
+def step_frame(epoch: int, spe: int, record: StepRecord) -> pd.DataFrame:
+    """The epoch's rows of the per-step log."""
+    return pd.DataFrame(
+        {
+            "step": range(epoch * spe, epoch * spe + len(record.fractions)),
+            "epoch": epoch + 1,
+            "loss": record.losses.float().cpu().numpy(),
+            "trainable": ["+".join(sorted(t)) for t in record.trainable],
+            "trainable_fraction": record.fractions,
+            "step_time_s": record.step_times,
+        }
+    )
+
+
+def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
+    cfg, model, data = run.config, run.model, run.data
+    val_acc = epochs["val_acc"].tolist()
+    best = max(val_acc)
+    target = cfg.target_acc if cfg.target_acc is not None else 0.9 * best
+    _, _, test_ece, logits = evaluate(model, data.test.x, data.test.y)
+    _, bins = metrics.expected_calibration_error(logits.float(), data.test.y)
+    early = [c for c in epochs.columns if c.startswith("grad_mean_abs:") and c.endswith("weight")][:2]
+    train_time = float(epochs["train_time_s"].sum())
+    device = run.device
+    return {
+        "experiment": cfg.experiment,
+        "variant": cfg.variant,
+        "seed": cfg.seed,
+        "schedule": run.schedule.describe(),
+        "final_val_acc": val_acc[-1],
+        "best_val_acc": best,
+        "best_epoch": int(epochs["epoch"][epochs["val_acc"].idxmax()]),
+        "epoch_to_90pct_best": metrics.epoch_to_fraction_of_best(val_acc, 0.9),
+        "final_test_acc": float(epochs["test_acc"].iloc[-1]),
+        "final_train_loss": float(epochs["train_loss"].iloc[-1]),
+        "stability": metrics.stability(epochs["train_loss"].tolist()),
+        "mean_early_grad": float(epochs[early].mean().mean()) if early else None,
+        "avg_epoch_time_s": float(epochs["epoch_time_s"].mean()),
+        "total_time_s": float(epochs["epoch_time_s"].sum()),
+        "train_time_s": train_time,
+        "target_acc": target,
+        "time_to_target_s": metrics.time_to_target(val_acc, epochs["epoch_time_s"].tolist(), target),
+        "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "test_ece": float(test_ece),
+        "reliability": {k: [float(v) for v in torch.as_tensor(bins[k]).tolist()] for k in ("conf", "acc", "count")},
+        "throughput_samples_per_s": len(data.train.y) * len(epochs) / train_time if train_time else None,
+        "step_time_ms": 1000 * train_time / (run.steps_per_epoch * len(epochs)),
+        "switches": run.freezer.switches,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_version": torch.__version__,
+    }

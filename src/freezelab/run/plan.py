@@ -1,0 +1,180 @@
+"""A run's execution plan: how it runs, decided once, in one place, with the reason for each choice.
+
+What a run computes is its config; *how* it executes is this plan: the device, whether its
+optimizer is built fused, which stepper takes its steps (the CUDA-graph path or the eager
+loop), whether the graph path's pieces are compiled, whether the end-of-epoch measurements
+are replayed from a graph, and which runs it may share a GPU with in lockstep. Each choice
+depends on the config and on a few facts of the built run (dropout, the trainable sets the
+schedule visits), so :func:`plan_run` is called once per run, by :func:`freezelab.run.build.build_run`,
+and everything else (the steppers, the loop, :mod:`freezelab.study.lockstep`) reads the plan
+instead of deciding again. The plan is logged and written to the run folder (``plan.json``).
+
+The one question asked before a run is built, "may this config share a GPU in lockstep?"
+(the runner groups runs by it before building them), is :func:`lockstep_candidate`, which
+applies the same rule (:func:`graph_unsupported`) to the config alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, RunConfig
+
+__all__ = ["ExecutionPlan", "plan_run", "log_plan", "resolve_device", "fused_optimizer", "graph_unsupported", "lockstep_candidate",
+           "process_settings", "GRAPH_POLICIES", "FUSED_OPTIMIZERS", "MAX_COMPILED_SETS"]
+
+log = logging.getLogger("freezelab")
+
+#: Optimizer policies whose optimizer state keeps its tensors across switches (graphs hold them).
+GRAPH_POLICIES = ("keep", "remove")
+#: Optimizers built fused on CUDA (one multi-tensor kernel; the graph path needs fused or capturable).
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum")
+#: A run that visits more trainable sets than this is not compiled (each set is a recompile).
+MAX_COMPILED_SETS = 8
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config's ``device`` names (``auto``: CUDA when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use device: auto or cpu")
+    return device
+
+
+def fused_optimizer(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether the run's optimizer is built fused (CUDA, and an optimizer torch fuses)."""
+    return device.type == "cuda" and cfg.optimizer in FUSED_OPTIMIZERS
+
+
+def graph_unsupported(cfg: RunConfig, device: torch.device) -> str | None:
+    """Why the CUDA-graph path cannot run ``cfg`` exactly on ``device``, or ``None`` if it can."""
+    if cfg.fast == "off":
+        return "fast: off"
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if cfg.policy not in GRAPH_POLICIES:
+        return f"policy {cfg.policy!r} replaces or frees optimizer state that a graph would keep using"
+    if not fused_optimizer(cfg, device):
+        return f"optimizer {cfg.optimizer!r} is neither fused nor capturable"
+    return None
+
+
+def lockstep_candidate(cfg: RunConfig) -> tuple | None:
+    """Before building: runs with equal keys may share a GPU in lockstep (the plan decides once built)."""
+    if graph_unsupported(cfg, resolve_device(cfg.device)) is not None:
+        return None
+    return (cfg.dataset, cfg.recipe, cfg.subset, cfg.data_root, cfg.batch_size, cfg.epochs)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How one run executes; every ``*_reason`` says why, in words, for the log and ``plan.json``."""
+
+    device: str
+    fused_optimizer: bool
+    stepper: str  # "graph" (CUDA graphs of whole steps) or "eager"
+    stepper_reason: str
+    compiled: bool  # the graph path's loss, update and bookkeeping are torch.compile'd
+    compile_reason: str
+    graphed_measurements: bool  # the end-of-epoch evaluation is replayed from a CUDA graph
+    measurements_reason: str
+    lockstep_key: tuple | None  # runs with equal keys can share one GraphStepper; None: this one cannot
+    lockstep_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lockstep_key"] = list(self.lockstep_key) if self.lockstep_key is not None else None
+        return out
+
+
+def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_sets: Callable[[int], int],
+             optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int) -> ExecutionPlan:
+    """The plan of a built run.
+
+    ``dropout``: the model has dropout; ``trainable_sets(enough)``: how many distinct trainable
+    sets the schedule visits, counted up to ``enough`` (only asked when it matters);
+    ``optimizer``: the built optimizer (is there a compiled update for it?).
+    """
+    from .compiled import has_compiled_update
+
+    why_not_graph = graph_unsupported(cfg, device)
+    if why_not_graph is not None and cfg.fast == "graph":
+        raise ConfigError(f"fast: graph cannot be used here: {why_not_graph}; use fast: auto or off")
+    graph = why_not_graph is None
+
+    def why_not_compiled() -> str | None:
+        if cfg.compile == "off":
+            return "compile: off"
+        if device.type != "cuda":
+            return "compiling pays off on CUDA only"
+        if not graph:
+            return "only the graph path is compiled"
+        if dropout:
+            return "the model has dropout (compiled masks would differ from the eager ones)"
+        sets = trainable_sets(MAX_COMPILED_SETS + 1)
+        if sets > MAX_COMPILED_SETS:
+            return f"the schedule visits {sets} trainable sets (> {MAX_COMPILED_SETS}; each would recompile)"
+        if not has_compiled_update(optimizer):
+            return f"no compiled update for {type(optimizer).__name__}"
+        return None
+
+    no_compile = why_not_compiled()
+    # Dropout: runs in one process share the CUDA generator, so lockstep masks would differ from
+    # each run's own alone; the graphed probe would draw its masks differently too.
+    shared = graph and not dropout
+    if not graph:
+        shared_reason = f"eager stepper ({why_not_graph})"
+    elif dropout:
+        shared_reason = "the model has dropout (graphed and shared-generator masks would differ from the eager ones)"
+    else:
+        shared_reason = "graph path, no dropout"
+    return ExecutionPlan(
+        device=str(device),
+        fused_optimizer=fused_optimizer(cfg, device),
+        stepper="graph" if graph else "eager",
+        stepper_reason="CUDA graphs are exact for this run" if graph else why_not_graph,
+        compiled=no_compile is None,
+        compile_reason=no_compile or f"graph path on CUDA, at most {MAX_COMPILED_SETS} trainable sets",
+        graphed_measurements=shared,
+        measurements_reason=shared_reason,
+        lockstep_key=(str(device), steps_per_epoch, train_size, cfg.batch_size) if shared else None,
+        lockstep_reason=shared_reason,
+    )
+
+
+def log_plan(cfg: RunConfig, plan: ExecutionPlan) -> None:
+    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s",
+             cfg.variant or cfg.experiment, cfg.seed, plan.stepper, plan.stepper_reason, plan.compiled,
+             plan.compile_reason, plan.graphed_measurements)
+
+
+@contextlib.contextmanager
+def process_settings(*plans: ExecutionPlan) -> Iterator[None]:
+    """The process-wide settings the plans' runs need, applied while the block runs, restored afterwards.
+
+    * The graph path makes cuBLASLt torch's preferred BLAS library: its heuristics pick far
+      better kernels than cuBLAS's for small float32 products (a FashionMLP weight gradient:
+      52 µs with cuBLAS, 5 µs with cuBLASLt).
+    * Compiled runs need Dynamo's settings for freezing (:func:`freezelab.run.compiled.dynamo_settings`).
+
+    Eager runs need nothing, so on a CPU this changes nothing.
+    """
+    with contextlib.ExitStack() as stack:
+        if any(p.stepper == "graph" for p in plans):
+            previous = torch.backends.cuda.preferred_blas_library()
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+            stack.callback(torch.backends.cuda.preferred_blas_library, previous)
+        if any(p.compiled for p in plans):
+            from .compiled import dynamo_settings
+
+            stack.enter_context(dynamo_settings())
+        yield
