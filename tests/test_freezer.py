@@ -35,7 +35,7 @@ SCHEDULES = {
     "alternate_batch3": (Alternate(unit="batch", every=3, first="second"), "halves"),
     "warmup": (Warmup(("second",), 5, Alternate(unit="batch", every=2)), "halves"),
     "progressive": (Progressive(0.25, 1.0, unit="batch"), "layers"),
-    "freezeout": (FreezeOut(0.3, "cubic"), "layers"),
+    "freezeout": (FreezeOut(0.3, "cubic", anneal=False), "layers"),  # annealing: tests/test_references.py
     "block_cycle": (BlockCycle(every=2, order="random", seed=1), "layers"),
     "random_layers": (RandomLayers(k=2, every=3, seed=5), "layers"),
 }

@@ -98,3 +98,17 @@ def test_save_every_s_is_checked_and_is_no_new_run(tmp_path):
         RunConfig.from_dict({"save_every_s": -1})
     train({**BASE, "save_every_s": 0.0}, tmp_path, progress=False)
     assert check_run_dir(tmp_path, RunConfig.from_dict(BASE))  # finished: the same run, saved more often
+
+
+def test_freezeout_annealing_trains_through_freezelabs_loop_with_a_param_group_per_group(tmp_path):
+    """The default FreezeOut anneals each group's LR, which needs one optimizer param group per group."""
+    cfg = {**BASE, "groups": {"by": "layers"}, "schedule": {"name": "freezeout", "t0": 0.5}}
+    run = build_run(cfg)
+    assert run.freezer.scales_lr
+    assert [g["freezelab_group"] for g in run.freezer.optimizer.param_groups] == list(run.groups.names)
+    result = train(cfg, tmp_path, progress=False)
+    assert result.summary["final_val_acc"] > 0.3
+    gpu = plan_run(RunConfig.from_dict(cfg), CUDA, dropout=False, trainable_sets=lambda enough: 2,
+                   optimizer=run.freezer.optimizer, steps_per_epoch=10, train_size=640, scales_lr=True)
+    assert gpu.stepper == "eager" and "per-group learning rates" in gpu.stepper_reason
+

@@ -163,21 +163,21 @@ def test_freezeout_times_and_boundaries():
 
     # Without annealing: frozen from the first step at or past t_0. With it (the reference's
     # rule): the step at exactly t_0 * total is still taken, with learning rate 0.
-    assert first_frozen(FreezeOut(t0=0.5)) == math.ceil(0.5 * total)
-    assert first_frozen(FreezeOut(t0=0.5, anneal=True)) == 0.5 * total + 1
-    for s in (FreezeOut(t0=0.5), FreezeOut(t0=0.5, anneal=True)):
+    assert first_frozen(FreezeOut(t0=0.5, anneal=False)) == math.ceil(0.5 * total)
+    assert first_frozen(FreezeOut(t0=0.5)) == 0.5 * total + 1  # annealing is the default (the paper's method)
+    for s in (FreezeOut(t0=0.5, anneal=False), FreezeOut(t0=0.5)):
         assert all("l4" not in s.frozen(at(i), LAYERS) for i in range(total))
     with pytest.raises(ScheduleError, match="scaling"):
         FreezeOut(scaling="quartic")
     with pytest.raises(ScheduleError, match="needs anneal"):
-        FreezeOut(scale_lr=True)
+        FreezeOut(scale_lr=True, anneal=False)
 
 
 def test_freezeout_lr_factors_are_a_cosine_to_zero_at_each_stop_time():
     total = SPE * EPOCHS
     s = FreezeOut(t0=0.5, anneal=True)
-    assert s.scales_lr and not FreezeOut().scales_lr
-    assert FreezeOut().lr_factors(at(5), LAYERS) == {}
+    assert s.scales_lr and not FreezeOut(anneal=False).scales_lr
+    assert FreezeOut(anneal=False).lr_factors(at(5), LAYERS) == {}
     assert s.lr_factors(at(0), LAYERS) == {g: 1.0 for g in LAYERS}
     half = s.lr_factors(at(15), LAYERS)["l0"]  # a quarter of the way to l0's stop at step 30
     assert half == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))

@@ -22,7 +22,7 @@ from ..config import ConfigError, RunConfig
 from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset
 from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
-from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule
+from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
@@ -113,14 +113,16 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     model = _build_model(cfg, data).to(device)
     example = data.train.x[:2]
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, weight_decay=cfg.weight_decay,
+    # A schedule with per-group learning rates (FreezeOut's annealing) needs a param group per group.
+    params = param_groups_by_group(model, gs) if schedule.scales_lr else model.parameters()
+    optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, fused=fused_optimizer(cfg, device) or None)
     freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats)
     batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
     spe = batches.steps_per_epoch
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
-                    train_size=len(data.train.y),
+                    train_size=len(data.train.y), scales_lr=freezer.scales_lr,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
     return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
 

@@ -55,8 +55,12 @@ def fused_optimizer(cfg: RunConfig, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.optimizer in FUSED_OPTIMIZERS
 
 
-def graph_unsupported(cfg: RunConfig, device: torch.device) -> str | None:
-    """Why the CUDA-graph path cannot run ``cfg`` exactly on ``device``, or ``None`` if it can."""
+def graph_unsupported(cfg: RunConfig, device: torch.device, *, scales_lr: bool = False) -> str | None:
+    """Why the CUDA-graph path cannot run ``cfg`` exactly on ``device``, or ``None`` if it can.
+
+    ``scales_lr``: the built schedule sets per-group learning rates (FreezeOut's annealing); the
+    freezer applies them around ``optimizer.step()``, which the graph path's update never calls.
+    """
     if cfg.fast == "off":
         return "fast: off"
     if device.type != "cuda":
@@ -65,6 +69,8 @@ def graph_unsupported(cfg: RunConfig, device: torch.device) -> str | None:
         return f"policy {cfg.policy!r} replaces or frees optimizer state that a graph would keep using"
     if not fused_optimizer(cfg, device):
         return f"optimizer {cfg.optimizer!r} is neither fused nor capturable"
+    if scales_lr:
+        return "the schedule sets per-group learning rates (FreezeOut's annealing), applied around optimizer.step()"
     return None
 
 
@@ -97,16 +103,18 @@ class ExecutionPlan:
 
 
 def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_sets: Callable[[int], int],
-             optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int) -> ExecutionPlan:
+             optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int,
+             scales_lr: bool = False) -> ExecutionPlan:
     """The plan of a built run.
 
     ``dropout``: the model has dropout; ``trainable_sets(enough)``: how many distinct trainable
     sets the schedule visits, counted up to ``enough`` (only asked when it matters);
-    ``optimizer``: the built optimizer (is there a compiled update for it?).
+    ``optimizer``: the built optimizer (is there a compiled update for it?); ``scales_lr``: the
+    schedule sets per-group learning rates.
     """
     from .compiled import has_compiled_update
 
-    why_not_graph = graph_unsupported(cfg, device)
+    why_not_graph = graph_unsupported(cfg, device, scales_lr=scales_lr)
     if why_not_graph is not None and cfg.fast == "graph":
         raise ConfigError(f"fast: graph cannot be used here: {why_not_graph}; use fast: auto or off")
     graph = why_not_graph is None

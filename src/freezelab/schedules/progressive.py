@@ -111,7 +111,7 @@ class FreezeOut(Schedule):
     t0: float = 0.5
     scaling: str = "linear"
     groups: tuple[str, ...] | None = None
-    anneal: bool = False
+    anneal: bool = True
     scale_lr: bool = False
 
     def __post_init__(self) -> None:
