@@ -133,9 +133,11 @@ class Training:
         torch.manual_seed(self.run.config.seed + 1)
         if self._rng is not None:
             cpu, cuda = self._rng
-            torch.set_rng_state(cpu)
+            # RNG states are CPU byte tensors, whatever map_location the checkpoint was loaded with
+            # (on a GPU it moves them to the device, and torch then refuses them).
+            torch.set_rng_state(cpu.cpu())
             if cuda is not None:
-                torch.cuda.set_rng_state_all(cuda)
+                torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
 
     def begin_epoch(self, epoch: int) -> torch.Tensor:
         """Put the model in training mode; the epoch's batch order."""
