@@ -159,11 +159,35 @@ def _probe_disagreeing_ranks(rank: int) -> str:
     return ""
 
 
+def _probe_broadcasts(rank: int) -> dict:
+    """The first wrapper starts every rank from rank 0's weights; a rebuild broadcasts nothing.
+
+    A rank-local buffer (``forward_sync_buffers=False``) set after the first build must survive
+    the rebuild; a plain re-wrap (``init_sync=True``) would reset it to rank 0's (the contrast).
+    """
+    model = _model()
+    model.register_buffer("tag", torch.tensor(0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(rank)  # ranks start apart: the first build must fix that
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = FreezingDDP(model, Freezer(model, groups.depth(model, 2), Alternate(unit="batch"), opt),
+                         forward_sync_buffers=False)
+    engine.step(Clock.at(0, 6, 1))
+    start = [p.detach().clone() for p in model.parameters()]
+    model.tag.fill_(rank)
+    engine.step(Clock.at(1, 6, 1))
+    kept = model.tag.item()
+    DistributedDataParallel(model, forward_sync_buffers=False)  # what a broadcasting rebuild would do
+    return {"start": start, "tag_after_rebuild": kept, "tag_after_rewrap": model.tag.item()}
+
+
 def _worker(rank: int, world: int, out: Path) -> None:
     torch.set_num_threads(1)
     results = {s.name: train(s, rank, world) for s in [*SCENARIOS, NEGATIVE]}
     results["probe_freed"] = _probe_old_wrapper_is_freed()
     results["probe_disagree"] = _probe_disagreeing_ranks(rank)
+    results["probe_broadcasts"] = _probe_broadcasts(rank)
     dist.barrier()
     torch.save(results, out / f"rank{rank}.pt")
 
@@ -259,6 +283,14 @@ def test_cached_wrappers_give_the_rebuilt_result_with_fewer_builds(runs):
 def test_a_switch_frees_the_previous_wrapper_and_its_reducer(runs):
     for rank in runs["ranks"]:
         assert rank["probe_freed"] == {"wrapper_freed": True, "reducer_freed": True, "builds": 2}
+
+
+def test_first_wrapper_broadcasts_rank0_and_rebuilds_overwrite_nothing(runs):
+    probes = [rank["probe_broadcasts"] for rank in runs["ranks"]]
+    initial = _initial()
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(probes[0]["start"], probes[1]["start"], initial))
+    assert [p["tag_after_rebuild"] for p in probes] == [0.0, 1.0], "a rebuild reset a rank-local buffer"
+    assert [p["tag_after_rewrap"] for p in probes] == [0.0, 0.0], "the contrast did not broadcast: the probe is blind"
 
 
 def test_ranks_that_disagree_on_the_trainable_set_fail_loudly(runs):

@@ -21,20 +21,22 @@ Within one set the graph is static, so plain DDP with its bucketing and overlap 
 
 What a rebuild costs, and why it is safe:
 
-* The old wrapper is dropped first. Its ``Reducer`` is freed with it (nothing else holds it) and
-  the Reducer's destructor removes the autograd hooks it put on the parameters'
-  ``AccumulateGrad`` nodes (``Reducer::~Reducer`` calls ``remove_autograd_hooks()`` in current
-  torch; torch 1.10 to 2.x did the same loop inline), so hooks never pile up.
+* The old wrapper is dropped first, after taking its Reducer's autograd hooks off the
+  parameters' ``AccumulateGrad`` nodes with DDP's ``_remove_autograd_hooks()`` (torch >= 2.1,
+  pytorch#96490, added for exactly this: a new DDP over a model an old one wrapped). The
+  Reducer's destructor removes them too (``Reducer::~Reducer``, since pytorch#21591, torch 1.2;
+  verified on torch 2.14: the old wrapper and its Reducer are freed at the switch), so hooks
+  never pile up even on a torch without the explicit call.
 * Only the first wrapper broadcasts rank 0's parameters and buffers (DDP's ``init_sync``), as
-  plain DDP does. Rebuilds pass ``init_sync=False``: the ranks already hold identical weights
-  (that is what DDP maintains), so a broadcast would copy nothing, would cost a full model's
-  worth of communication, and would silently overwrite buffers that legitimately differ per rank
-  (``broadcast_buffers=False``).
-* A rebuild costs what constructing DDP over the new set costs without the broadcast (shape
-  check across ranks, bucket assignment and allocation; about a millisecond for an MLP of a
-  few million parameters on CPU), one tiny all-reduce that proves every rank switched to the
-  same set, and DDP's one-off bucket re-ordering after the new wrapper's first backward.
-  ``benchmarks/ddp_freezing.py`` measures it.
+  plain DDP does. Rebuilds pass ``init_sync=False``: the ranks already hold identical
+  parameters (that is what DDP maintains), so the broadcast would copy nothing yet cost a whole
+  model's worth of communication, and it would overwrite buffers that differ per rank on
+  purpose: with ``forward_sync_buffers=False`` (torch >= 2.13) DDP still broadcasts buffers at
+  init, so every switch would reset each rank's BatchNorm statistics to rank 0's.
+* ``init_sync=False`` also skips DDP's parameter-shape check across ranks; in its place one tiny
+  all-reduce of a fingerprint of the trainable set proves every rank switched to the same set.
+  The rest of a rebuild is bucket assignment and allocation, and DDP's one-off bucket
+  re-ordering after the new wrapper's first backward. ``benchmarks/ddp_freezing.py`` measures it.
 * ``cache_size > 1`` keeps the wrappers of recently used sets alive instead (an inactive
   reducer's hooks return at once: it only acts after its own forward). That saves the rebuild
   when sets recur (alternation) at the price of one gradient bucket copy per cached set; the
@@ -200,7 +202,8 @@ class FreezingDDP:
             self._check_same_set_everywhere(mask)
         self._current = None
         while len(self._wrappers) >= self.cache_size:
-            self._wrappers.popitem(last=False)  # freed here: its Reducer removes its hooks
+            _, evicted = self._wrappers.popitem(last=False)
+            _remove_hooks(evicted)
         wrapper = DistributedDataParallel(
             self.model,
             device_ids=self.device_ids,
@@ -227,6 +230,18 @@ class FreezingDDP:
                 f"rank {dist.get_rank(self.process_group)} trains {trainable}, but another rank trains a different set; "
                 "every rank must build the same groups and schedule (random schedules need the same seed everywhere)"
             )
+
+
+def _remove_hooks(wrapper: DistributedDataParallel) -> None:
+    """Take the wrapper's Reducer hooks off the parameters now, not when garbage collection frees it.
+
+    The Reducer's destructor removes them too (torch >= 1.2), but anything that keeps the old
+    wrapper alive (a traceback, a user's reference) would keep its hooks on the parameters;
+    ``_remove_autograd_hooks`` (torch >= 2.1) is torch's own API for re-wrapping a model.
+    """
+    remove = getattr(wrapper, "_remove_autograd_hooks", None)
+    if remove is not None:
+        remove()
 
 
 # ---------------------------------------------------------------------------------
