@@ -9,6 +9,7 @@ single-process run with the same global batch (float tolerance).
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,13 @@ from freezelab.schedules import (
 )
 
 WORLD = 2
+# CI runs gloo on CPUs; FREEZELAB_DDP_BACKEND=nccl runs the same scenarios with one GPU per rank.
+BACKEND = os.environ.get("FREEZELAB_DDP_BACKEND", "gloo")
 N, BATCH, EPOCHS = 48, 8, 2  # 6 steps per epoch, 12 steps
 STEPS = EPOCHS * (N // BATCH)
 THAW_AT = 3  # the warm-up scenarios thaw layer "0" at this step
 # float32, 12 steps of AdamW/SGD: DDP sums the two half-batch gradients in another order than one
-# process sums the whole batch; measured differences stay below 1e-6.
+# process sums the whole batch; measured: at most 3e-6 (AdamW, where a gradient is near zero), mostly 1e-7.
 TOLERANCE = 1e-5
 
 
@@ -84,14 +87,19 @@ NEGATIVE = Scenario("warmup-thaw-no-rebuild", WARMUP, rebuild=False)
 BY_NAME = {s.name: s for s in [*SCENARIOS, NEGATIVE]}
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
+def _device(rank: int, world: int = WORLD) -> torch.device:
+    return torch.device("cuda", rank) if BACKEND == "nccl" and world > 1 else torch.device("cpu")
+
+
+def _data(device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(N, 6, generator=g), torch.randint(0, 3, (N,), generator=g)
+    return torch.randn(N, 6, generator=g).to(device), torch.randint(0, 3, (N,), generator=g).to(device)
 
 
-def _model() -> nn.Sequential:
+def _model(device: torch.device = torch.device("cpu")) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    layers = [nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)]
+    return nn.Sequential(*layers).to(device)
 
 
 def train(s: Scenario, rank: int = 0, world: int = 1) -> dict:
@@ -99,8 +107,9 @@ def train(s: Scenario, rank: int = 0, world: int = 1) -> dict:
 
     Returns every step's trainable mask and the weights after it.
     """
-    x, y = _data()
-    model = _model()
+    device = _device(rank, world)
+    x, y = _data(device)
+    model = _model(device)
     group_set = groups.depth(model, 2) if s.groups == "halves" else groups.layers(model)
     if s.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=0.02)
@@ -128,16 +137,16 @@ def train(s: Scenario, rank: int = 0, world: int = 1) -> dict:
             masks.append(tuple(p.requires_grad for p in model.parameters()))
             opt.step()
             opt.zero_grad()
-            weights.append([p.detach().clone() for p in model.parameters()])
+            weights.append([p.detach().cpu().clone() for p in model.parameters()])
     return {"masks": masks, "weights": weights, "builds": engine.builds if engine else None}
 
 
-def _probe_old_wrapper_is_freed() -> dict:
+def _probe_old_wrapper_is_freed(rank: int) -> dict:
     """After a switch, the previous wrapper and its Reducer are gone (so are the Reducer's hooks)."""
-    model = _model()
+    model = _model(_device(rank))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     engine = FreezingDDP(model, Freezer(model, groups.depth(model, 2), Alternate(unit="batch"), opt))
-    x, y = _data()
+    x, y = _data(_device(rank))
     engine.step(Clock.at(0, 6, 1))
     old, old_reducer = weakref.ref(engine.ddp), weakref.ref(engine.ddp.reducer)
     F.cross_entropy(engine(x[:4]), y[:4]).backward()
@@ -147,7 +156,7 @@ def _probe_old_wrapper_is_freed() -> dict:
 
 def _probe_disagreeing_ranks(rank: int) -> str:
     """Ranks whose schedules answer different sets of identical shapes must fail, not train apart."""
-    model = _model()
+    model = _model(_device(rank))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     halves = groups.depth(model, 2, names=("a", "b"))
     schedule = Alternate(unit="batch", first="a" if rank == 0 else "b")
@@ -165,8 +174,8 @@ def _probe_broadcasts(rank: int) -> dict:
     A rank-local buffer (``forward_sync_buffers=False``) set after the first build must survive
     the rebuild; a plain re-wrap (``init_sync=True``) would reset it to rank 0's (the contrast).
     """
-    model = _model()
-    model.register_buffer("tag", torch.tensor(0.0))
+    model = _model(_device(rank))
+    model.register_buffer("tag", torch.tensor(0.0, device=_device(rank)))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(rank)  # ranks start apart: the first build must fix that
@@ -174,7 +183,7 @@ def _probe_broadcasts(rank: int) -> dict:
     engine = FreezingDDP(model, Freezer(model, groups.depth(model, 2), Alternate(unit="batch"), opt),
                          forward_sync_buffers=False)
     engine.step(Clock.at(0, 6, 1))
-    start = [p.detach().clone() for p in model.parameters()]
+    start = [p.detach().cpu().clone() for p in model.parameters()]
     model.tag.fill_(rank)
     engine.step(Clock.at(1, 6, 1))
     kept = model.tag.item()
@@ -185,7 +194,7 @@ def _probe_broadcasts(rank: int) -> dict:
 def _worker(rank: int, world: int, out: Path) -> None:
     torch.set_num_threads(1)
     results = {s.name: train(s, rank, world) for s in [*SCENARIOS, NEGATIVE]}
-    results["probe_freed"] = _probe_old_wrapper_is_freed()
+    results["probe_freed"] = _probe_old_wrapper_is_freed(rank)
     results["probe_disagree"] = _probe_disagreeing_ranks(rank)
     results["probe_broadcasts"] = _probe_broadcasts(rank)
     dist.barrier()
@@ -195,7 +204,7 @@ def _worker(rank: int, world: int, out: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ddp")
-    launch(_worker, WORLD, out, timeout_s=60)
+    launch(_worker, WORLD, out, backend=BACKEND, start_method="spawn" if BACKEND == "nccl" else "fork", timeout_s=120)
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
     reference = {s.name: train(s) for s in SCENARIOS}
     return {"ranks": ranks, "reference": reference}

@@ -10,9 +10,10 @@ one of them in every backward pass. A freezing schedule breaks that contract bot
 * a parameter frozen *at* wrapping and thawed later is not in the reducer at all: each rank
   steps it with its own local gradient and the ranks' weights drift apart, with no error.
 
-``find_unused_parameters=True`` survives the first case (it walks the autograd graph after every
-forward to find parameters that will get no gradient, and all-reduces a usage map), but not the
-second, and it costs a graph traversal plus an extra collective on every step.
+``find_unused_parameters=True`` survives the first case but not the second, and costs on every
+step: it walks the autograd graph after each forward to find the parameters that will get no
+gradient, all-reduces a usage map, and still all-reduces the frozen parameters' (zeroed) bucket
+slots, so freezing saves no communication.
 
 :class:`FreezingDDP` instead builds a DDP wrapper over exactly the trainable set, and builds a
 new one whenever the set changes (the Freezer reports it; the wrapper is keyed on the model's
@@ -38,9 +39,10 @@ What a rebuild costs, and why it is safe:
   The rest of a rebuild is bucket assignment and allocation, and DDP's one-off bucket
   re-ordering after the new wrapper's first backward. ``benchmarks/ddp_freezing.py`` measures it.
 * ``cache_size > 1`` keeps the wrappers of recently used sets alive instead (an inactive
-  reducer's hooks return at once: it only acts after its own forward). That saves the rebuild
-  when sets recur (alternation) at the price of one gradient bucket copy per cached set; the
-  benchmark says whether that is worth it.
+  reducer's hooks return at once: it only acts after its own forward). It is as correct, but it
+  saves only the construction (about a millisecond) at the price of one gradient-bucket copy per
+  cached set, so the default is 1: a rebuild per switch. It can pay when the set changes nearly
+  every step of a model whose step takes milliseconds.
 
 Data: :class:`ShardedBatches` gives rank ``r`` of ``W`` its contiguous ``1/W`` slice of each
 global batch of a :class:`~freezelab.data.IndexBatches` order, so the ranks' micro-batches of a
@@ -142,9 +144,13 @@ class FreezingDDP:
             )
         own = sorted(set(ddp_options) & set(_OWN_OPTIONS))
         if own:
-            raise DistributedFreezingError(f"FreezingDDP sets {own} itself; pass device_ids/process_group as its own arguments")
+            raise DistributedFreezingError(
+                f"FreezingDDP sets {own} itself; pass device_ids/process_group as its own arguments"
+            )
         if not isinstance(cache_size, int) or cache_size < 1:
-            raise DistributedFreezingError(f"cache_size must be a positive integer (1 = rebuild on every switch), got {cache_size!r}")
+            raise DistributedFreezingError(
+                f"cache_size must be a positive integer (1 = rebuild on every switch), got {cache_size!r}"
+            )
         device = next(model.parameters()).device
         if device_ids is None and device.type == "cuda":
             device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -218,8 +224,8 @@ class FreezingDDP:
     def _check_same_set_everywhere(self, mask: tuple[bool, ...]) -> None:
         """Fail on every rank if any two ranks are about to train different parameters.
 
-        DDP's own construction only compares parameter shapes, so two ranks training different
-        halves of identical shape would go unnoticed.
+        DDP compares only parameter shapes, and only when it broadcasts (the first wrapper), so two
+        ranks training different halves of identical shapes would go unnoticed.
         """
         fingerprint = zlib.crc32(bytes(mask))
         seen = torch.tensor([fingerprint, -fingerprint], dtype=torch.int64, device=self._device)
@@ -326,9 +332,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_rank(rank: int, fn: Callable[..., None], world_size: int, port: int, backend: str, timeout_s: float, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+def _run_rank(
+    rank: int, fn: Callable[..., None], world_size: int, port: int, backend: str, timeout_s: float, args: tuple
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=dt.timedelta(seconds=timeout_s))
     try:
         fn(rank, world_size, *args)
