@@ -3,7 +3,11 @@
 All distributed scenarios run in ONE launch of two forked processes (a module-scoped fixture), so
 the file costs one process-group start-up; each rank saves every step's weights and the tests
 compare them: across ranks (bit for bit), against the step before (frozen weights), and against a
-single-process run with the same global batch (float tolerance).
+single-process run with the same global batch (float tolerance). Probes with a deliberately
+broken contrast (no rebuild, no hook removal, a broadcasting re-wrap) show each test can fail.
+
+On 2 GPUs: ``FREEZELAB_DDP_BACKEND=nccl pytest tests/test_distributed.py`` (one GPU per rank,
+spawned processes; the single-process reference stays on the CPU).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import freezelab.distributed
 from freezelab import Freezer, groups
 from freezelab.data import IndexBatches
 from freezelab.distributed import (
@@ -154,6 +159,56 @@ def _probe_old_wrapper_is_freed(rank: int) -> dict:
     return {"wrapper_freed": old() is None, "reducer_freed": old_reducer() is None, "builds": engine.builds}
 
 
+class _FailOnce(torch.autograd.Function):
+    """Identity whose first backward raises: a step that dies inside backward (say, out of memory)."""
+
+    armed = True
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        if _FailOnce.armed:
+            _FailOnce.armed = False
+            raise RuntimeError("simulated failure in backward")
+        return grad
+
+
+def _probe_switch_after_failed_backward(rank: int, remove_hooks: bool = True) -> str:
+    """A switch after a backward that died midway, with the old wrapper still referenced.
+
+    Its Reducer was left expecting gradients, so if its hooks stayed on the parameters they
+    would fire in the next backward ("marked as ready twice"). FreezingDDP removes them at the
+    switch; ``remove_hooks=False`` leaves them to garbage collection (the contrast). Returns the
+    error, or "" when training went on.
+    """
+    saved, _FailOnce.armed = freezelab.distributed._remove_hooks, True
+    if not remove_hooks:
+        freezelab.distributed._remove_hooks = lambda wrapper: None
+    try:
+        model = _model(_device(rank))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        engine = FreezingDDP(model, Freezer(model, groups.layers(model), Warmup(("0",), steps=1), opt))
+        x, y = _data(_device(rank))
+        engine.step(Clock.at(0, 6, 1))
+        kept = engine.ddp  # noqa: F841 - what a traceback held by the caller would do
+        with contextlib.suppress(RuntimeError):
+            F.cross_entropy(engine(_FailOnce.apply(x[:4].clone().requires_grad_())), y[:4]).backward()
+        opt.zero_grad()
+        for step in (1, 2):
+            engine.step(Clock.at(step, 6, 1))
+            F.cross_entropy(engine(x[:4]), y[:4]).backward()
+            opt.step()
+            opt.zero_grad()
+        return ""
+    except RuntimeError as err:
+        return str(err)
+    finally:
+        freezelab.distributed._remove_hooks = saved
+
+
 def _probe_disagreeing_ranks(rank: int) -> str:
     """Ranks whose schedules answer different sets of identical shapes must fail, not train apart."""
     model = _model(_device(rank))
@@ -197,6 +252,8 @@ def _worker(rank: int, world: int, out: Path) -> None:
     results["probe_freed"] = _probe_old_wrapper_is_freed(rank)
     results["probe_disagree"] = _probe_disagreeing_ranks(rank)
     results["probe_broadcasts"] = _probe_broadcasts(rank)
+    results["probe_failed_backward"] = _probe_switch_after_failed_backward(rank)
+    results["probe_failed_backward_gc_only"] = _probe_switch_after_failed_backward(rank, remove_hooks=False)
     dist.barrier()
     torch.save(results, out / f"rank{rank}.pt")
 
@@ -292,6 +349,12 @@ def test_cached_wrappers_give_the_rebuilt_result_with_fewer_builds(runs):
 def test_a_switch_frees_the_previous_wrapper_and_its_reducer(runs):
     for rank in runs["ranks"]:
         assert rank["probe_freed"] == {"wrapper_freed": True, "reducer_freed": True, "builds": 2}
+
+
+def test_a_switch_removes_the_old_wrappers_hooks_even_while_it_is_referenced(runs):
+    for rank in runs["ranks"]:
+        assert rank["probe_failed_backward"] == ""
+        assert "marked as ready twice" in rank["probe_failed_backward_gc_only"], "the contrast did not fail: blind probe"
 
 
 def test_first_wrapper_broadcasts_rank0_and_rebuilds_overwrite_nothing(runs):

@@ -26,8 +26,11 @@ What a rebuild costs, and why it is safe:
   parameters' ``AccumulateGrad`` nodes with DDP's ``_remove_autograd_hooks()`` (torch >= 2.1,
   pytorch#96490, added for exactly this: a new DDP over a model an old one wrapped). The
   Reducer's destructor removes them too (``Reducer::~Reducer``, since pytorch#21591, torch 1.2;
-  verified on torch 2.14: the old wrapper and its Reducer are freed at the switch), so hooks
-  never pile up even on a torch without the explicit call.
+  on torch 2.14 the old wrapper and its Reducer are freed at the switch), but only once nothing
+  references the old wrapper. The explicit call matters when something does: after a backward
+  that died midway (an out-of-memory error caught by the caller, whose traceback holds the old
+  wrapper), the old Reducer still expects gradients and its surviving hooks would fail the next
+  backward with "marked as ready twice" (tests/test_distributed.py shows both).
 * Only the first wrapper broadcasts rank 0's parameters and buffers (DDP's ``init_sync``), as
   plain DDP does. Rebuilds pass ``init_sync=False``: the ranks already hold identical
   parameters (that is what DDP maintains), so the broadcast would copy nothing yet cost a whole
@@ -243,7 +246,8 @@ def _remove_hooks(wrapper: DistributedDataParallel) -> None:
 
     The Reducer's destructor removes them too (torch >= 1.2), but anything that keeps the old
     wrapper alive (a traceback, a user's reference) would keep its hooks on the parameters;
-    ``_remove_autograd_hooks`` (torch >= 2.1) is torch's own API for re-wrapping a model.
+    ``_remove_autograd_hooks`` (torch >= 2.1) is torch's own API for re-wrapping a model; on an
+    older torch the destructor is all there is.
     """
     remove = getattr(wrapper, "_remove_autograd_hooks", None)
     if remove is not None:
