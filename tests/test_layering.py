@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # building blocks that know nothing of runs: data, models, optimizers, measurements
     ("parts", ("freezelab.data", "freezelab.models", "freezelab.optim", "freezelab.metrics", "freezelab.flops",
                "freezelab.stats")),
-    ("run", ("freezelab.run", "freezelab.integrations")),  # one training run; hosts' adapters sit beside it
+    ("run", ("freezelab.run", "freezelab.integrations", "freezelab.distributed")),  # one training run; hosts' adapters and DDP beside it
     ("study", ("freezelab.study",)),
     ("report", ("freezelab.report",)),
     ("cli", ("freezelab.cli",)),

@@ -14,7 +14,8 @@ from freezelab.run.steppers import EagerStepper
 
 from conftest import data_root
 
-TINY = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [32, 32]}}
+# The eager loop on the CPU (also on a GPU machine): the graph path has its own tests (test_run_steppers.py).
+TINY = {"dataset": "digits", "epochs": 3, "batch_size": 64, "lr": 1e-2, "model_args": {"hidden": [32, 32]}, "device": "cpu"}
 
 
 def test_run_folder_has_everything_the_notebooks_log(tmp_path):

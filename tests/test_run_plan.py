@@ -31,9 +31,10 @@ def gpu_plan(dropout: bool = False, sets: int = 2, optimizer: str = "adam", **fi
 
 
 def test_a_cpu_run_is_planned_eager_and_the_plan_is_in_its_folder(tmp_path):
-    result = train(BASE, tmp_path, progress=False)
+    cpu = {**BASE, "device": "cpu"}
+    result = train(cpu, tmp_path, progress=False)
     assert result.summary["final_val_acc"] > 0
-    plan = build_run(BASE).plan
+    plan = build_run(cpu).plan
     assert (plan.device, plan.stepper, plan.compiled, plan.graphed_measurements, plan.lockstep_key) == (
         "cpu", "eager", False, False, None)
     assert plan.stepper_reason == "CUDA graphs need a CUDA device"
