@@ -69,7 +69,7 @@ from torch import nn
 from .groups import NORM_TYPES, GroupSet, mark_frozen_by_freezelab, user_frozen
 from .schedules import Clock, Schedule
 
-__all__ = ["Freezer", "FreezerError", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
+__all__ = ["Freezer", "FreezerError", "check_options", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
 
 POLICIES = ("keep", "recreate", "remove", "release")
 BN_STATS = ("train", "frozen")
@@ -82,6 +82,16 @@ Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
 
 class FreezerError(ValueError):
     """A freezer that cannot do what it is asked; the message names the parameters and the fix."""
+
+
+def check_options(policy: str, bn_stats: str, missing: str) -> None:
+    """Raise :class:`FreezerError` for an unknown policy, ``bn_stats`` or ``missing`` value."""
+    if policy not in POLICIES:
+        raise FreezerError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
+    if bn_stats not in BN_STATS:
+        raise FreezerError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
+    if missing not in MISSING:
+        raise FreezerError(f"missing must be one of {list(MISSING)}, got {missing!r}")
 
 
 # The freezer attached to each optimizer (one at a time: a new one takes over the hooks).
@@ -206,12 +216,7 @@ class Freezer:
         bn_stats: str = "train",
         missing: str = "error",
     ) -> None:
-        if policy not in POLICIES:
-            raise FreezerError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
-        if bn_stats not in BN_STATS:
-            raise FreezerError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
-        if missing not in MISSING:
-            raise FreezerError(f"missing must be one of {list(MISSING)}, got {missing!r}")
+        check_options(policy, bn_stats, missing)
         optimizers = [] if optimizer is None else [optimizer] if not isinstance(optimizer, Sequence) else list(optimizer)
         optimizers = [unwrap_optimizer(o) for o in optimizers]
         if policy != "keep" and not optimizers:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import freezer
-from ..freezer import BN_STATS, MISSING, POLICIES, Freezer
+from ..freezer import Freezer, FreezerError, check_options
 from ..groups import GroupError, GroupSet
 from ..schedules import Clock, Schedule, parse_schedule, schedule_from_dict
 
@@ -95,12 +95,10 @@ class HostFreezing:
         missing: str = "error",
         host: str,
     ) -> None:
-        if policy not in POLICIES:
-            raise IntegrationError(f"unknown optimizer policy {policy!r}; choose from {list(POLICIES)}")
-        if bn_stats not in BN_STATS:
-            raise IntegrationError(f"bn_stats must be one of {list(BN_STATS)}, got {bn_stats!r}")
-        if missing not in MISSING:
-            raise IntegrationError(f"missing must be one of {list(MISSING)}, got {missing!r}")
+        try:
+            check_options(policy, bn_stats, missing)
+        except FreezerError as e:
+            raise IntegrationError(str(e)) from None
         if not (isinstance(groups, GroupSet) or callable(groups)):
             raise IntegrationError(
                 f"groups must be a GroupSet or a function model -> GroupSet, got {type(groups).__name__}"
