@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from freezelab import groups
 from freezelab.models import (
     ACTIVATIONS,
     MLP,
@@ -58,8 +59,9 @@ def test_registering_a_taken_name_fails() -> None:
 def test_every_family_builds_runs_and_names_its_head_and_hidden_units(name: str) -> None:
     kwargs, input_shape = FAMILIES[name]
     model = build_model(name, **kwargs).eval()
-    out = model(example_input(model, input_shape, batch=3))
-    head = model.get_submodule(model.head_name)
+    x = example_input(model, input_shape, batch=3)
+    out = model(x)
+    head = model.get_submodule(groups.find_head(model, x))
     assert isinstance(head, nn.Linear)
     assert out.shape == (3, head.out_features)
     assert out.shape[1] == kwargs.get("num_classes", 10)
@@ -94,7 +96,7 @@ def test_fashion_mlp_matches_seed_004() -> None:
         "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias",
     ]
     assert isinstance(model.act1, nn.Tanh) and isinstance(model.act2, nn.Tanh)
-    assert model.hidden_activation_names == ["act1", "act2"] and model.head_name == "fc3"
+    assert model.hidden_activation_names == ["act1", "act2"] and groups.find_head(model) == "fc3"
 
 
 def test_seed001_mlp_matches_seed_001() -> None:
@@ -118,7 +120,7 @@ def test_seed000_mlp_matches_seed_000() -> None:
     ]
     assert model.fc1.in_features == 3072 and model.fc2.out_features == 512
     assert isinstance(model.norm1, nn.BatchNorm1d)
-    assert model.drop1.p == 0.2 and model.head_name == "fc3"
+    assert model.drop1.p == 0.2 and groups.find_head(model) == "fc3"
 
 
 def test_mlp_forward_order_is_fc_norm_act_dropout_per_layer() -> None:

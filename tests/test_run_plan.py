@@ -113,3 +113,12 @@ def test_freezeout_annealing_trains_through_freezelabs_loop_with_a_param_group_p
                    optimizer=run.freezer.optimizer, steps_per_epoch=10, train_size=640, scales_lr=True)
     assert gpu.stepper == "eager" and "per-group learning rates" in gpu.stepper_reason
 
+
+
+def test_the_schedule_is_built_once_for_the_grid_check_and_the_run():
+    from freezelab.run import check_config
+
+    cfg = RunConfig.from_dict({**BASE, "schedule": {"name": "block_cycle", "every": 2}})
+    schedule = check_config(cfg)  # what `freezelab run` does for every run before training any
+    assert build_run(cfg).schedule is schedule
+    assert schedule.seed == cfg.seed  # the run's seed, given to a random schedule that names none

@@ -4,17 +4,16 @@ Why a registry: a study names its model in YAML (``model: seed000_mlp``) and the
 list what exists, so every builder is registered under one name with a one-line description
 (the first line of its docstring), as timm does with ``@register_model``.
 
-Every model built here carries two attributes the rest of freezelab relies on:
-
-* ``hidden_activation_names``: submodules whose outputs are the hidden units, in forward
-  order; ``metrics.dead_units`` reads them through ``metrics.capture_activations``.
-* ``head_name``: the classifier layer, so groupings can treat the head on its own.
+Every model built here carries ``hidden_activation_names``: the submodules whose outputs are
+the hidden units, in forward order; ``metrics.dead_units`` reads them through
+``metrics.capture_activations``. (The head needs no attribute: ``groups.find_head`` finds the
+module whose output is the model's output.)
 
 >>> model = build_model("fashion_mlp", activation="tanh")
 >>> sum(p.numel() for p in model.parameters())
 235146
->>> model.hidden_activation_names, model.head_name
-(['act1', 'act2'], 'fc3')
+>>> model.hidden_activation_names
+['act1', 'act2']
 """
 
 from __future__ import annotations
@@ -173,7 +172,6 @@ class MLP(nn.Sequential):
         layers[head] = nn.Linear(widths[-1], num_classes)
         super().__init__(layers)
         self.hidden_activation_names = [f"act{i}" for i in range(1, len(widths))]
-        self.head_name = head
 
 
 @register_model("mlp")
@@ -228,7 +226,6 @@ def small_cnn(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
     layers["fc"] = nn.Linear(widths[-1], num_classes)
     model = nn.Sequential(layers)
     model.hidden_activation_names = ["act1", "act2", "act3"]
-    model.head_name = "fc"
     return model
 
 
@@ -246,7 +243,6 @@ def resnet18(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     model.hidden_activation_names = ["layer1", "layer2", "layer3", "layer4"]
-    model.head_name = "fc"
     return model
 
 
@@ -271,5 +267,4 @@ def vit_s16(
         img_size=img_size,
     )
     model.hidden_activation_names = []
-    model.head_name = "head"
     return model

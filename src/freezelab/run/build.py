@@ -10,6 +10,8 @@ data split and the batch order depend only on ``config.seed``, never on the sche
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +35,18 @@ IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
 
 
 def build_schedule(cfg: RunConfig) -> Schedule:
-    """The run's schedule; random ones (block_cycle, random_layers) without their own seed use the run's."""
+    """The run's schedule; random ones (block_cycle, random_layers) without their own seed use the run's.
+
+    Built once per distinct spec in a process: ``freezelab run`` checks every run of a grid
+    before training any, and the build of each run then gets that same (immutable) schedule.
+    """
+    return _schedule(json.dumps(_with_run_seed(cfg.schedule, cfg.seed), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule(spec: str) -> Schedule:
     try:
-        return schedule_from_dict(_with_run_seed(cfg.schedule, cfg.seed))
+        return schedule_from_dict(json.loads(spec))
     except ScheduleError as e:
         raise ConfigError(f"schedule: {e}") from None
 
