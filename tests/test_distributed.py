@@ -36,6 +36,7 @@ from freezelab.distributed import (
     launch,
     rank_slice,
 )
+from freezelab.optim import param_groups_by_group
 from freezelab.schedules import (
     Alternate,
     BlockCycle,
@@ -116,10 +117,12 @@ def train(s: Scenario, rank: int = 0, world: int = 1) -> dict:
     x, y = _data(device)
     model = _model(device)
     group_set = groups.depth(model, 2) if s.groups == "halves" else groups.layers(model)
+    # FreezeOut anneals each group's learning rate: that needs a param group per freezelab group.
+    params = param_groups_by_group(model, group_set) if s.schedule.scales_lr else model.parameters()
     if s.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=0.02)
+        opt = torch.optim.AdamW(params, lr=0.02)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
     freezer = Freezer(model, group_set, s.schedule, opt, policy=s.policy)
     shards = ShardedBatches(IndexBatches(N, BATCH, seed=0), rank, world)
     engine = FreezingDDP(model, freezer, cache_size=s.cache_size) if world > 1 and s.rebuild else None
