@@ -125,3 +125,15 @@ def test_curve_band_accepts_several_group_columns() -> None:
     band = curve_band(df, "epoch", "loss", ["experiment", "variant"])
     assert list(band.columns) == ["experiment", "variant", "epoch", "mean", "low", "high", "n"]
     assert band["mean"].tolist() == [1.5, 4.0]
+
+
+def test_differences_equal_up_to_float32_rounding_get_no_p_value() -> None:
+    """Two seeds both 7.22 pp apart, as float32 accuracies: no spread, so no t-test (issue 16's report)."""
+    base = np.array([0.8123, 0.9011])
+    variant = base - 0.0722 + np.array([0.0, 3e-8])  # one float32 ulp of 0.9 is 6e-8
+    assert (variant - base).std(ddof=1) > 0  # float64 sees a spread that float32 rounding made
+    r = paired_test(variant, base)
+    assert np.isnan(r["t_pvalue"]) and r["ci_low"] == r["ci_high"] == r["mean_diff"]
+    assert r["mean_diff"] == pytest.approx(-0.0722, abs=1e-6)
+    real = paired_test([0.80, 0.90, 0.85], [0.81, 0.92, 0.86])  # a real spread keeps its test
+    assert 0 < real["t_pvalue"] < 1

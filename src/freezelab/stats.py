@@ -64,6 +64,10 @@ def _align(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series) -> tu
     return x[keep], y[keep], None
 
 
+#: Differences whose spread is below this (relative to the values) are ties of float32 rounding.
+_FLOAT32_TIES = 8 * float(np.finfo(np.float32).eps)
+
+
 def paired_test(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series, confidence: float = 0.95) -> dict[str, Any]:
     """Paired comparison of ``a - b`` over seeds: mean difference, t interval, t-test and Wilcoxon p.
 
@@ -84,7 +88,9 @@ def paired_test(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series, 
     mean, low, high = mean_ci(d, confidence)
     spread = d.std(ddof=1) if n >= 2 else 0.0
     # Differences equal up to rounding have no variance to test against: t would be +-inf or 0/0.
-    degenerate = n < 2 or spread <= 1e-12 * max(1.0, float(np.abs(d).max()))
+    # Run metrics are float32 (accuracies computed on the device), so "equal" means equal to
+    # float32 rounding, not to float64's: two seeds both 7.22 pp apart differ by ~1e-8 here.
+    degenerate = n < 2 or spread <= _FLOAT32_TIES * max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
     if degenerate:
         t_p = float("nan")
         low, high = (mean, mean) if n >= 2 else (low, high)
