@@ -154,11 +154,7 @@ class HostFreezing:
         assert fz is not None
         if fz.trainable is not None or step == 0:
             return
-        current, switches = None, 0
-        for s in range(step):
-            names = fz.wanted(clock_at(s))
-            switches += current is not None and names != current
-            current = names
-        # The set and the count only: the optimizer state is the host's, already loaded, and this
-        # first application of the set leaves it as it is.
-        fz.load_state_dict({"trainable": sorted(current), "switches": switches})
+        sets = [fz.wanted(clock_at(s)) for s in range(step)]
+        # The set of the last finished step, leaving the host's (already loaded) optimizer state alone.
+        fz.resume_at(clock_at(step - 1))
+        fz.switches = sum(a != b for a, b in zip(sets, sets[1:]))
