@@ -113,7 +113,7 @@ def _close(fast, ref, *, rtol: float, atol: float) -> None:
                                torch.tensor(ref.epochs["train_loss"].tolist()), rtol=rtol, atol=atol)
     for k, v in ref.model.state_dict().items():
         if v.is_floating_point():
-            torch.testing.assert_close(fast.model.state_dict()[k], v, rtol=rtol, atol=atol, msg=k)
+            torch.testing.assert_close(fast.model.state_dict()[k], v, rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @gpu
@@ -131,14 +131,24 @@ def test_graph_path_with_augmentation_bf16_and_channels_last_matches_eager():
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", [{"name": "standard"}, {"name": "alternate", "unit": "batch", "every": 3}])
 def test_compiled_graph_path_with_augmentation_matches_eager(schedule):
-    """Compiled: Inductor fuses bf16 ops differently; the runs agree within bf16 rounding over 3 epochs."""
+    """Compiled: Inductor fuses and rounds bf16 work differently from the eager kernels.
+
+    One step from the same start must agree to bf16 rounding (a wrong gradient would not);
+    over 3 epochs the rounding differences grow as training amplifies them, so the trajectory
+    is compared instead: per-epoch training loss within 5%, final accuracy within 3 points.
+    """
     cfg = {**GPU_IMAGES, "schedule": schedule}
-    ref = train({**cfg, "fast": "off"}, progress=False)
     run = build_run(cfg)
     assert run.plan.stepper == "graph" and run.plan.compiled, run.plan
+    # SGD for the one-step check: its update is proportional to the gradient (Adam's first step is
+    # lr * sign(g), which turns rounding noise in a near-zero gradient into a full lr-sized step).
+    one = {**cfg, "subset": 100, "epochs": 1, "optimizer": "sgd_momentum", "lr": 0.05}  # one step of 100
+    _close(train(one, progress=False), train({**one, "fast": "off"}, progress=False), rtol=1e-2, atol=1e-3)
+    ref = train({**cfg, "fast": "off"}, progress=False)
     fast = train(cfg, progress=False)
-    _close(fast, ref, rtol=0.05, atol=0.02)
-    assert abs(fast.summary["final_val_acc"] - ref.summary["final_val_acc"]) < 0.05
+    torch.testing.assert_close(torch.tensor(fast.epochs["train_loss"].tolist()),
+                               torch.tensor(ref.epochs["train_loss"].tolist()), rtol=0.05, atol=0.01)
+    assert abs(fast.summary["final_val_acc"] - ref.summary["final_val_acc"]) < 0.03
 
 
 @gpu
@@ -151,8 +161,11 @@ def test_dropout_masks_on_the_graph_path_are_the_eager_ones(policy):
     the rounding of cuBLASLt's kernels (the graph path's) against cuBLAS's.
     """
     cfg = {"dataset": "digits", "model": "seed000_mlp", "epochs": 3, "batch_size": 64, "device": "cuda",
-           "schedule": {"name": "alternate", "unit": "batch", "every": 5}, "policy": policy}
+           "schedule": {"name": "alternate", "unit": "batch", "every": 5}, "policy": policy,
+           "optimizer": "sgd_momentum", "lr": 0.01}  # SGD: see the compiled test on Adam's first step
     assert build_run(cfg).plan.stepper == "graph"
     ref = train({**cfg, "fast": "off"}, progress=False)
     fast = train(cfg, progress=False)
-    _close(fast, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(fast.steps["loss"].tolist()), torch.tensor(ref.steps["loss"].tolist()),
+                               rtol=1e-3, atol=1e-4)  # every step's loss: the masks are the same
+    _close(fast, ref, rtol=1e-3, atol=1e-4)
