@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import groups as groups_mod
 from ..config import ConfigError, RunConfig
-from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset
+from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset, resize_batch
 from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_info, model_options
-from ..pretrained import prepare, split_model_args
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
+from ..pretrained import prepare, split_model_args
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from .inputs import Inputs
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "groups_spec",
@@ -117,6 +117,7 @@ class Run:
     freezer: Freezer
     batches: IndexBatches
     lr_at: Any
+    inputs: Inputs
 
     @property
     def steps_per_epoch(self) -> int:
@@ -149,7 +150,13 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     if data is None or isinstance(data, SharedData):
         request = data_request(cfg, device)
         data = data.load(request) if data is not None else load_dataset(**request)
-    example = _example_input(cfg, data)
+    images = data.train.x.ndim == 4
+    if cfg.augment != "none" and not images:
+        raise ConfigError(f"augment: {cfg.augment} needs a model that takes images; model {cfg.model!r} takes flat "
+                          "vectors (use augment: none, or an image model such as small_cnn)")
+    size = input_size(cfg)
+    # Groups and the head are found by tracing a batch as the model sees it (a ViT-S/16 refuses 32 px).
+    example = resize_batch(data.train.x[:2], size) if size is not None and images else data.train.x[:2]
     model = _build_model(cfg, data, example.cpu()).to(device)
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
     # A schedule with per-group learning rates (FreezeOut's annealing) needs a param group per group.
@@ -161,9 +168,13 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     spe = batches.steps_per_epoch
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
-                    train_size=len(data.train.y), scales_lr=freezer.scales_lr,
+                    train_size=len(data.train.y), scales_lr=freezer.scales_lr, images=images,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same tensors
+    inputs = Inputs(augment=cfg.augment, seed=cfg.seed, size=size, channels_last=plan.channels_last,
+                    bf16=plan.precision == "bf16", device_type=device.type)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs)
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -172,22 +183,12 @@ def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
             "flatten": not model_info(cfg.model).images, "subset": cfg.subset, "download": cfg.download, "device": device}
 
 
-def _example_input(cfg: RunConfig, data: DatasetSplits) -> torch.Tensor:
-    """Two training inputs as the model sees them: resized to its :func:`input_size` if it has one.
-
-    Groups and the head are found by tracing a forward pass on it (a ViT-S/16 refuses 32 px).
-    """
-    x, size = data.train.x[:2], input_size(cfg)
-    if size is None or x.dim() != 4 or tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
-
-
 def _build_model(cfg: RunConfig, data: DatasetSplits, example: torch.Tensor) -> nn.Module:
     """Build the model under a generator seeded only by ``cfg.seed``: identical starts.
 
     Then load ``model_args.checkpoint`` and wrap in ``model_args.lora`` (:mod:`freezelab.pretrained`),
-    under the same seed, so re-initialised heads and LoRA weights are identical for identical seeds.
+    under the same seed, so re-initialised heads and LoRA weights are identical for identical seeds;
+    ``example`` (a CPU batch the model accepts) lets them find the head by tracing.
     """
     shape = tuple(data.input_shape)
     builder_args, pretrained = split_model_args(cfg.model_args)
