@@ -73,6 +73,8 @@ def check_config(cfg: RunConfig) -> Schedule:
         f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+    need(not schedule.adapts or cfg.grad_stats,
+         f"schedule {schedule.name} decides from the per-epoch gradient statistics; set grad_stats: true")
     return schedule
 
 
