@@ -95,6 +95,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
+    # auto | on | off: compute a prefix frozen for the rest of the run once per example and train
+    # the suffix on its outputs (run/prefix_cache.py); auto does so where that is exact (no
+    # augmentation, dropout or train-mode batch norms, the eager stepper), on refuses where not.
+    cache_frozen_prefix: str = "auto"
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
@@ -145,6 +149,8 @@ class RunConfig:
         )
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
+        need(self.cache_frozen_prefix in ("auto", "on", "off"),
+             f"cache_frozen_prefix must be auto, on or off, got {self.cache_frozen_prefix!r}")
         need(
             isinstance(self.save_every_s, (int, float)) and not isinstance(self.save_every_s, bool) and self.save_every_s >= 0,
             f"save_every_s is a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",

@@ -27,6 +27,7 @@ from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_o
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
+from .prefix_cache import check_request
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
 
@@ -92,6 +93,8 @@ class Run:
     freezer: Freezer
     batches: IndexBatches
     lr_at: Any
+    #: Whether the eager stepper trains on cached outputs of the frozen prefix (``cache_frozen_prefix``).
+    cache_prefix: bool = False
 
     @property
     def steps_per_epoch(self) -> int:
@@ -137,7 +140,8 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
+    cache = check_request(cfg.cache_frozen_prefix, model, getattr(cfg, "augment", None), cfg.bn_stats, plan.stepper)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, cache)
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from . import record
 from .build import SharedData, build_run
 from .evaluate import epoch_row, measure_epoch, step_frame, summarize
 from .plan import log_plan, process_settings
+from .prefix_cache import CachedStepper
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
 
 __all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged"]
@@ -258,7 +259,8 @@ def epoch_loop(trainings: Sequence[Training], stepper: EagerStepper | GraphStepp
 
 def run_training(training: Training) -> RunResult:
     """Drive one built :class:`Training` to its end with its own stepper."""
-    epoch_loop([training], make_stepper(training.run))
+    run = training.run
+    epoch_loop([training], CachedStepper(run) if run.cache_prefix else make_stepper(run))
     return training.finish()
 
 
