@@ -44,8 +44,11 @@ def test_the_study_has_the_issues_variants_and_three_seeds():
     assert exp["base"]["model"] == "cifar_resnet18" and exp["base"]["augment"] == "crop_flip"
 
 
-@pytest.mark.skipif(not (HAS_MODEL and HAS_AUGMENT),
-                    reason="needs model cifar_resnet18 (branch models) and the augment option (integrator)")
+MISSING = [what for what, has in (("model cifar_resnet18 (branch models)", HAS_MODEL),
+                                   ("the augment option (integrator)", HAS_AUGMENT)) if not has]
+
+
+@pytest.mark.skipif(bool(MISSING), reason="needs " + " and ".join(MISSING))
 def test_the_study_config_loads_and_every_variant_builds_as_written():
     built = build_every_variant(load_experiment(CONFIG))
     assert len(built) == 10

@@ -73,6 +73,7 @@ class RunConfig:
     data_root: str | None = None  # None: $FREEZELAB_DATA, else the user cache dir
     download: bool = False  # fetch a missing dataset through torchvision (needs a network)
     subset: int | None = None  # keep the first N training examples (quick checks, CI)
+    augment: str = "none"  # none | crop_flip | flip: on the device, seeded by (seed, epoch, step)
     # -- the model and its groups ------------------------------------------------------------
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"hidden": [256, 128]}
@@ -99,6 +100,8 @@ class RunConfig:
     # the suffix on its outputs (run/prefix_cache.py); auto does so where that is exact (no
     # augmentation, dropout or train-mode batch norms, the eager stepper), on refuses where not.
     cache_frozen_prefix: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 for image models on CUDA
+    channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
@@ -151,6 +154,9 @@ class RunConfig:
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
         need(self.cache_frozen_prefix in ("auto", "on", "off"),
              f"cache_frozen_prefix must be auto, on or off, got {self.cache_frozen_prefix!r}")
+        need(self.augment in ("none", "crop_flip", "flip"), f"augment must be none, crop_flip or flip, got {self.augment!r}")
+        need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(
             isinstance(self.save_every_s, (int, float)) and not isinstance(self.save_every_s, bool) and self.save_every_s >= 0,
             f"save_every_s is a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",

@@ -19,7 +19,9 @@ is the first ``k`` children, the largest ``k`` whose parameters are all frozen a
 remaining step of the run (schedules are pure, so this is cheap to ask), that stops before the
 first dropout and, under ``bn_stats: train``, the first batch-statistics norm. The check runs
 at the start of every epoch and the cache only ever grows, from the cached features, when a
-later epoch freezes more.
+later epoch freezes more. The prefix sees its inputs as the uncached forward does (the run's
+resize and memory layout, under its autocast precision), so the cached features are the very
+tensors the uncached forward would compute (bf16 ones under bf16 autocast).
 
 ``cache_frozen_prefix`` in the config: ``off``; ``auto`` (the default) caches when valid;
 ``on`` also caches, and refuses with one line where the cache could never apply. The cache
@@ -34,8 +36,10 @@ float32 values (51 MB) for an MLP's first hidden layer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -149,8 +153,13 @@ class PrefixCache:
     ))
     """
 
-    def __init__(self, model: nn.Sequential, x: torch.Tensor, chunk: int = 8192) -> None:
+    def __init__(self, model: nn.Sequential, x: torch.Tensor, chunk: int = 8192,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                 precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         self.model, self.x, self.chunk = model, x, chunk
+        # What the model's first layer is fed (resize, memory layout) and its precision (autocast):
+        # the cache must hold exactly what the uncached forward computes.
+        self.prepare, self.precision = prepare, precision
         self.depth, self.features = 0, x
 
     @property
@@ -169,7 +178,10 @@ class PrefixCache:
         if depth <= self.depth:
             return False
         block = _children(self.model, self.depth, depth)
-        self.features = torch.cat([block(self.features[i : i + self.chunk]) for i in range(0, len(self.features), self.chunk)])
+        prepare = self.prepare if self.depth == 0 else (lambda t: t)
+        with self.precision():
+            chunks = [block(prepare(self.features[i : i + self.chunk])) for i in range(0, len(self.features), self.chunk)]
+        self.features = torch.cat(chunks)
         self.depth = depth
         return True
 
@@ -187,7 +199,7 @@ class CachedStepper(EagerStepper):
         super().__init__(run)
         if not isinstance(run.model, nn.Sequential):
             raise ConfigError(f"cache_frozen_prefix needs an nn.Sequential model, got {type(run.model).__name__}")
-        self.cache = PrefixCache(run.model, run.data.train.x)
+        self.cache = PrefixCache(run.model, run.data.train.x, prepare=run.inputs.eval, precision=run.inputs.autocast)
 
     def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
         run = self.run
@@ -196,11 +208,12 @@ class CachedStepper(EagerStepper):
         self.cache.advance(prefix_depth(run.model, run.groups, frozen, run.config.bn_stats))
         if self.cache.depth == 0:
             return super().run_epoch(epoch, perm, bar)
-        model, data = run.model, run.data
+        model, data, inputs = run.model, run.data, run.inputs
         run.model = self.cache.suffix
         run.data = dataclasses.replace(data, train=dataclasses.replace(data.train, x=self.cache.features))
+        run.inputs = dataclasses.replace(inputs, size=None, channels_last=False)  # the features are already as the suffix takes them
         try:
             return super().run_epoch(epoch, perm, bar)
         finally:
-            run.model, run.data = model, data
+            run.model, run.data, run.inputs = model, data, inputs
 
