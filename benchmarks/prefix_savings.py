@@ -192,8 +192,11 @@ def main() -> None:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(f"| {r['frozen_blocks']} | {r['last_frozen'] or '-'} | {r['step_ms']:.2f} | {r['tflops']:.2f} | "
+        lines.append(f"| {r['frozen_blocks']} | {r['last_frozen'] or '-'} | {r['step_ms']:.2f} | {r['tflops']:.3g} | "
                      f"{r['flop_share']:.1%} | {r['measured_saving']:.1%} | {ratio} | {r['saved_activation_mib']:.1f} |")
+    if device.type == "cpu":
+        lines += ["", f"CPU, {record['threads']} threads, load average {record['load_average']}: a smoke test of the "
+                  "script, not a measurement of the saving (shared cores make single steps noisy)."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

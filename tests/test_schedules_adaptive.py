@@ -75,6 +75,10 @@ def test_bad_options_and_missing_statistics_are_one_clear_line():
     cfg = RunConfig.from_dict({"schedule": {"name": "autofreeze"}, "grad_stats": False})
     with pytest.raises(ConfigError, match="set grad_stats: true"):
         check_config(cfg)
+    nested = RunConfig.from_dict({"schedule": {"name": "warmup", "groups": ["first"], "steps": 2,
+                                               "then": {"name": "autofreeze"}}})
+    with pytest.raises(ConfigError, match="must be the run's top-level schedule"):
+        check_config(nested)
 
 
 # Digits, 3 depth blocks: with this threshold block0 and block1 freeze during the run.

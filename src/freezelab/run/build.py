@@ -75,6 +75,9 @@ def check_config(cfg: RunConfig) -> Schedule:
         f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+    need(not any(sub.adapts for sub in _nested(schedule)),
+         f"schedule {schedule.name}: an adaptive schedule (autofreeze) decides after each epoch and must be the "
+         "run's top-level schedule, not nested in another")
     need(not schedule.adapts or cfg.grad_stats,
          f"schedule {schedule.name} decides from the per-epoch gradient statistics; set grad_stats: true")
     return schedule
@@ -181,6 +184,17 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, **kwargs)
+
+
+def _nested(schedule: Schedule) -> list[Schedule]:
+    """The schedules nested inside ``schedule`` (warmup's, chain's phases, intersect's parts), at any depth."""
+    out = []
+    for name in schedule.nested:
+        value = getattr(schedule, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            sub = item[0] if isinstance(item, tuple) else item
+            out += [sub, *_nested(sub)]
+    return out
 
 
 def _trainable_sets(freezer: Freezer, spe: int, epochs: int, enough: int) -> int:
