@@ -8,7 +8,8 @@ from freezelab import groups
 from freezelab.config import ConfigError
 from freezelab.run import build_run, train
 from freezelab.run.loop import Training, epoch_loop
-from freezelab.run.prefix_cache import CachedStepper, PrefixCache, cache_problem, check_request, frozen_for_rest, prefix_depth
+from freezelab.run.cached_stepper import CachedStepper
+from freezelab.run.prefix_cache import PrefixCache, cache_problem, check_request, frozen_for_rest, prefix_depth
 
 # seed 001's MLP on digits, 4 depth blocks; progressive freezes block0 for good from epoch 5 of 6.
 RUN = {"dataset": "digits", "epochs": 6, "batch_size": 64, "lr": 1e-2, "model": "seed001_mlp", "device": "cpu",

@@ -42,7 +42,7 @@ from . import record
 from .build import SharedData, build_run
 from .evaluate import epoch_row, measure_epoch, step_frame, summarize
 from .plan import log_plan, process_settings
-from .prefix_cache import CachedStepper
+from .cached_stepper import CachedStepper
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
 
 __all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged"]

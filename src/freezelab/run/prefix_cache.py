@@ -25,7 +25,7 @@ tensors the uncached forward would compute (bf16 ones under bf16 autocast).
 
 ``cache_frozen_prefix`` in the config: ``off``; ``auto`` (the default) caches when valid;
 ``on`` also caches, and refuses with one line where the cache could never apply. The cache
-runs on the eager stepper: :class:`CachedStepper` swaps the suffix and the cached features in
+runs on the eager stepper: :class:`freezelab.run.cached_stepper.CachedStepper` swaps the suffix and the cached features in
 for the model and the training inputs during an epoch's steps, so the loop itself is the
 plain :class:`~freezelab.run.steppers.EagerStepper` one. Evaluation and the gradient probe
 still run the whole model on the raw data.
@@ -37,10 +37,8 @@ float32 values (51 MB) for an MLP's first hidden layer.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -49,12 +47,8 @@ from ..config import ConfigError
 from ..freezer import Freezer
 from ..groups import GroupSet
 from ..schedules import Clock
-from .steppers import EagerStepper, StepRecord
 
-if TYPE_CHECKING:
-    from .build import Run
-
-__all__ = ["MODES", "PrefixCache", "CachedStepper", "cache_problem", "check_request", "frozen_for_rest"]
+__all__ = ["MODES", "PrefixCache", "cache_problem", "check_request", "frozen_for_rest", "prefix_depth"]
 
 MODES = ("auto", "off", "on")
 
@@ -184,36 +178,3 @@ class PrefixCache:
         self.features = torch.cat(chunks)
         self.depth = depth
         return True
-
-
-class CachedStepper(EagerStepper):
-    """The eager stepper, training the suffix on cached prefix outputs wherever a prefix is frozen for good.
-
-    At the start of each epoch it asks the schedule which groups stay frozen for the rest of the
-    run, grows the cache to the deepest valid prefix, and runs the plain eager epoch with the
-    suffix and the cached features standing in for the model and the training inputs. The
-    freezer still manages the whole model; evaluation still sees the whole model.
-    """
-
-    def __init__(self, run: Run) -> None:
-        super().__init__(run)
-        if not isinstance(run.model, nn.Sequential):
-            raise ConfigError(f"cache_frozen_prefix needs an nn.Sequential model, got {type(run.model).__name__}")
-        self.cache = PrefixCache(run.model, run.data.train.x, prepare=run.inputs.eval, precision=run.inputs.autocast)
-
-    def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
-        run = self.run
-        spe, epochs = run.steps_per_epoch, run.config.epochs
-        frozen = frozen_for_rest(run.freezer, epoch * spe, spe, epochs)
-        self.cache.advance(prefix_depth(run.model, run.groups, frozen, run.config.bn_stats))
-        if self.cache.depth == 0:
-            return super().run_epoch(epoch, perm, bar)
-        model, data, inputs = run.model, run.data, run.inputs
-        run.model = self.cache.suffix
-        run.data = dataclasses.replace(data, train=dataclasses.replace(data.train, x=self.cache.features))
-        run.inputs = dataclasses.replace(inputs, size=None, channels_last=False)  # the features are already as the suffix takes them
-        try:
-            return super().run_epoch(epoch, perm, bar)
-        finally:
-            run.model, run.data, run.inputs = model, data, inputs
-
