@@ -34,6 +34,16 @@ print(len(rows), "summaries")
 PY
   tar -C "$OUT" -czf "$OUT/seed000.tar.gz" seed000 && rm -r "$OUT/seed000"
 fi
+if want savings; then
+  step "prefix savings vs FLOP share"
+  timeout 150 python3 benchmarks/prefix_savings.py --bf16 --channels-last --out "$OUT" >>"$log" 2>&1
+fi
+if want seed003; then
+  step "seed 003 study (${SEED003_SET:-})"
+  timeout "${SEED003_TIMEOUT:-400}" python3 -c "from freezelab.cli import app; app()" run configs/seed003_cifar10.yaml --runs-dir /tmp/runs \
+    --lockstep 1 ${SEED003_SET:-} >>"$log" 2>&1
+  tar -C /tmp/runs --exclude='*.pt' -czf "$OUT/seed003_runs.tar.gz" seed003_cifar10
+fi
 if want speed; then
   step "image speed"
   timeout 560 python3 benchmarks/image_speed.py --out "$OUT" >>"$log" 2>&1

@@ -30,6 +30,14 @@ class _Loader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where ``1e-3`` is a string; read it as the float everyone means."""
 
 
+# YAML 1.1 also reads on/off/yes/no as booleans, so `--set fast=off` would arrive as False; here,
+# as in YAML 1.2, only true/false are booleans and `off` stays the word the option lists.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
