@@ -10,6 +10,7 @@ data split and the batch order depend only on ``config.seed``, never on the sche
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -21,7 +22,7 @@ from torch import nn
 
 from .. import groups as groups_mod
 from ..config import ConfigError, RunConfig
-from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset
+from ..data import DatasetSplits, IndexBatches, list_datasets, list_recipes, load_dataset
 from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
@@ -73,7 +74,20 @@ def check_config(cfg: RunConfig) -> Schedule:
         f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+    recipes = list(list_recipes(cfg.dataset))
+    need(cfg.recipe is None or cfg.recipe in recipes, f"recipe {cfg.recipe!r} is unknown for {cfg.dataset}; choose from {recipes}")
+    _check_model_args(cfg)
     return schedule
+
+
+def _check_model_args(cfg: RunConfig) -> None:
+    """``model_args`` name options the model's builder takes (a typo must not reach it as a TypeError)."""
+    options = set(model_options(cfg.model)) - {"in_features", "in_channels", "num_classes"}
+    for key in cfg.model_args:
+        if key not in options:
+            hint = difflib.get_close_matches(str(key), sorted(options), n=1)
+            raise ConfigError(f"model_args: model {cfg.model!r} takes no option {key!r}"
+                              f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; its options: {sorted(options)}")
 
 
 @dataclass
@@ -158,7 +172,10 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
             raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, **kwargs)
+        try:
+            return build_model(cfg.model, **kwargs)
+        except ValueError as e:  # a builder's own check of its arguments: the config's model_args
+            raise ConfigError(f"model_args {cfg.model_args} for model {cfg.model!r}: {e}") from None
 
 
 def _trainable_sets(freezer: Freezer, spe: int, epochs: int, enough: int) -> int:
