@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -38,9 +39,22 @@ DEMO = {
 }
 
 
+class _WarningLines(logging.Handler):
+    """freezelab's warnings (a damaged checkpoint, an exploded run) as plain lines on stderr.
+
+    It looks up stderr at each line, so it follows whoever redirected it (a test's runner).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(record.getMessage(), err=True)
+
+
 @app.callback()
 def main() -> None:
     """freezelab: split a model into parameter groups, freeze them on a schedule, compare fairly."""
+    log = logging.getLogger("freezelab")
+    if not any(isinstance(h, _WarningLines) for h in log.handlers):
+        log.addHandler(_WarningLines(logging.WARNING))
 
 
 def _fail(message: str) -> None:
@@ -69,7 +83,7 @@ def _read_run_options(path: Path) -> dict[str, Any]:
     from .config import ConfigError, read_yaml_file
 
     if not path.is_file():
-        _fail(f"config file {path} does not exist")
+        _fail(f"config file {path} does not exist; pass the path of a YAML file of run options")
     try:
         data = read_yaml_file(path)
     except ConfigError as e:

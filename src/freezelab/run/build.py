@@ -145,6 +145,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats)
     batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
     spe = batches.steps_per_epoch
+    freezer.check_trains_something(Clock.at(0, spe, cfg.epochs))  # before the run folder is written
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr,

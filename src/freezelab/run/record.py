@@ -86,6 +86,10 @@ class RunFolderError(ValueError):
 class CheckpointError(RunFolderError):
     """A checkpoint file that fails its check (empty, truncated, garbled, not a freezelab checkpoint)."""
 
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path} {problem}; remove it (a resume then uses {PREVIOUS}, or starts over)")
+
 
 def check_writable(run_dir: str | Path) -> Path:
     """Create ``run_dir`` and prove a file can be written in it, or one :class:`RunFolderError` line.
@@ -234,17 +238,17 @@ def encode_checkpoint(state: dict[str, Any]) -> bytes:
 def decode_checkpoint(data: bytes, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The state in a checkpoint file's bytes, or :class:`CheckpointError` saying what is wrong with ``path``."""
     if not data:
-        raise CheckpointError(f"{path} is empty")
+        raise CheckpointError(path, "is empty")
     head = len(_MAGIC) + 65
     if not data.startswith(_MAGIC) or len(data) < head or data[head - 1 : head] != b"\n":
-        raise CheckpointError(f"{path} is not a freezelab checkpoint (no header; truncated, garbled or older format)")
+        raise CheckpointError(path, "is not a freezelab checkpoint (no header; truncated, garbled or older format)")
     payload = data[head:]
     if hashlib.sha256(payload).hexdigest().encode() != data[len(_MAGIC) : head - 1]:
-        raise CheckpointError(f"{path} fails its SHA-256 check (truncated or garbled, {len(data)} bytes)")
+        raise CheckpointError(path, f"fails its SHA-256 check (truncated or garbled, {len(data)} bytes)")
     # The bytes are the ones written; a failure to load them now is a bug, not a damaged file.
     state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "epoch" not in state:
-        raise CheckpointError(f"{path} holds no run state")
+        raise CheckpointError(path, "holds no run state")
     return state
 
 
@@ -281,7 +285,7 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         except CheckpointError as e:
             os.replace(path, path.with_name(path.name + ".corrupt"))
             fallback = PREVIOUS if name == CHECKPOINT and (run_dir / PREVIOUS).exists() else "scratch (epoch 1)"
-            log.warning("warning: %s; moved it to %s.corrupt, resuming from %s", e, name, fallback)
+            log.warning("warning: %s %s; moved it to %s.corrupt, resuming from %s", path, e.problem, name, fallback)
     return None
 
 

@@ -292,7 +292,7 @@ def check_groups(schedule: str, named: Sequence[str] | None, groups: Sequence[st
         return
     missing = [g for g in named if g not in groups]
     if missing:
-        raise ScheduleError(f"{schedule} names group(s) {missing} that are not schedulable groups {list(groups)}")
+        raise ScheduleError(f"{schedule} names group(s) {missing} that are not schedulable groups {list(groups)}; name one of those")
     if len(named) < least:
         raise ScheduleError(f"{schedule} needs at least {least} groups, got {list(named)}")
 
