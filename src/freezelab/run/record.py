@@ -27,6 +27,7 @@ Files a person or another program may have put in the folder are read with one-l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -283,7 +284,8 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         try:
             return decode_checkpoint(data, path, map_location)
         except CheckpointError as e:
-            os.replace(path, path.with_name(path.name + ".corrupt"))
+            with contextlib.suppress(OSError):  # a read-only folder: skipped all the same
+                os.replace(path, path.with_name(path.name + ".corrupt"))
             fallback = PREVIOUS if name == CHECKPOINT and (run_dir / PREVIOUS).exists() else "scratch (epoch 1)"
             log.warning("warning: %s %s; moved it to %s.corrupt, resuming from %s", path, e.problem, name, fallback)
     return None
