@@ -95,7 +95,7 @@ def test_planning_only_asks_and_the_settings_are_restored_after_the_run():
 
 
 def test_save_every_s_is_checked_and_is_no_new_run(tmp_path):
-    with pytest.raises(ConfigError, match="save_every_s is a number of seconds >= 0"):
+    with pytest.raises(ConfigError, match="save_every_s must be a number of seconds >= 0"):
         RunConfig.from_dict({"save_every_s": -1})
     train({**BASE, "save_every_s": 0.0}, tmp_path, progress=False)
     assert check_run_dir(tmp_path, RunConfig.from_dict(BASE))  # finished: the same run, saved more often

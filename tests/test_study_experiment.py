@@ -112,7 +112,7 @@ def test_unknown_run_option_in_base_or_grid_is_named_with_a_suggestion():
 def test_bad_values_name_the_variant_and_the_option():
     one_line_error(exp, grid={"lr": [0.01, -1.0]}, match=r"t/standard_-1: lr must be a positive number, got -1.0")
     one_line_error(exp, schedules={"a": {"name": "alternate", "unit": "week"}}, match=r"t/a: schedule: ")
-    one_line_error(exp, base={**BASE, "epochs": "3"}, match="epochs must be a positive integer, got '3'")
+    one_line_error(exp, base={**BASE, "epochs": "3"}, match="epochs must be an integer, got '3'")
 
 
 def test_bad_yaml_names_the_line(tmp_path):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -38,9 +39,22 @@ DEMO = {
 }
 
 
+class _WarningLines(logging.Handler):
+    """freezelab's warnings (a damaged checkpoint, an exploded run) as plain lines on stderr.
+
+    It looks up stderr at each line, so it follows whoever redirected it (a test's runner).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(record.getMessage(), err=True)
+
+
 @app.callback()
 def main() -> None:
     """freezelab: split a model into parameter groups, freeze them on a schedule, compare fairly."""
+    log = logging.getLogger("freezelab")
+    if not any(isinstance(h, _WarningLines) for h in log.handlers):
+        log.addHandler(_WarningLines(logging.WARNING))
 
 
 def _fail(message: str) -> None:
@@ -69,7 +83,7 @@ def _read_run_options(path: Path) -> dict[str, Any]:
     from .config import ConfigError, read_yaml_file
 
     if not path.is_file():
-        _fail(f"config file {path} does not exist")
+        _fail(f"config file {path} does not exist; pass the path of a YAML file of run options")
     try:
         data = read_yaml_file(path)
     except ConfigError as e:
@@ -81,14 +95,21 @@ def _read_run_options(path: Path) -> dict[str, Any]:
     return data or {}
 
 
-def _errors():
+def _errors() -> tuple[type[Exception], ...]:
+    """The errors that mean "bad input": each is one line for the user, exit status 2.
+
+    Only these classes: any other exception (a plain ValueError or TypeError included) is a bug
+    in freezelab and keeps its traceback, so it gets reported rather than read as the user's fault.
+    """
     from .config import ConfigError
     from .data import DatasetNotFoundError
+    from .freezer import FreezerError
     from .groups import GroupError
     from .run import TrainingDiverged
+    from .run.record import RunFolderError
     from .schedules import ScheduleError
 
-    return (ConfigError, DatasetNotFoundError, GroupError, ScheduleError, TrainingDiverged, ValueError)
+    return (ConfigError, DatasetNotFoundError, FreezerError, GroupError, RunFolderError, ScheduleError, TrainingDiverged)
 
 
 @app.command()
@@ -194,7 +215,9 @@ def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int 
         except (FileNotFoundError, ValueError) as e:
             _fail(f"the runs are saved, but the report failed: {e}")
     if failed:
-        _fail(f"{len(failed)} of {n} runs failed (the others are saved); first: {failed[0].run_dir}: {failed[0].error}")
+        saved = len(outcomes) - len(failed)
+        kept = f"the {saved} others are saved" if saved else "no run finished, nothing was saved"
+        _fail(f"{len(failed)} of {n} runs failed ({kept}); first: {failed[0].run_dir}: {failed[0].error}")
 
 
 def _write_report(folder: Path) -> None:
@@ -212,9 +235,12 @@ def report(
     """Write the comparison report: curves with 95% CI over seeds, gradient flow, timeline, Pareto, reliability, table."""
     from .report import write_report
 
+    from .run.record import check_writable
+
     if not runs_dir.exists():
         _fail(f"{runs_dir} does not exist; run `freezelab run CONFIG` first")
     try:
+        check_writable(out if out is not None else runs_dir / "report")  # before reading every run
         path = write_report(runs_dir, out)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))

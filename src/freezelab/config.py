@@ -70,7 +70,7 @@ def read_yaml_file(path: str | Path, error: type[ConfigError] = ConfigError) -> 
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise error(f"{path} is not valid YAML{where}: {problem}") from None
+        raise error(f"{path} is not valid YAML{where}: {problem}; fix the file there") from None
 
 
 @dataclass
@@ -151,6 +151,9 @@ class RunConfig:
         def integer(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            need(_has_type(value, str(f.type)), f"{f.name} must be {_TYPE_WORDS[str(f.type)]}, got {value!r}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             need(integer(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
@@ -158,8 +161,10 @@ class RunConfig:
         need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(
             self.target_acc is None or (isinstance(self.target_acc, (int, float)) and 0 < self.target_acc <= 1),
-            f"target_acc is a fraction in (0, 1] or null, got {self.target_acc!r}",
+            f"target_acc must be a fraction in (0, 1] or null, got {self.target_acc!r}",
         )
+        need(self.weight_decay is None or self.weight_decay >= 0, f"weight_decay must be >= 0 or null, got {self.weight_decay!r}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
         need(self.cache_frozen_prefix in ("auto", "on", "off"),
@@ -169,7 +174,7 @@ class RunConfig:
         need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(
             isinstance(self.save_every_s, (int, float)) and not isinstance(self.save_every_s, bool) and self.save_every_s >= 0,
-            f"save_every_s is a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",
+            f"save_every_s must be a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",
         )
         need(self.subset is None or (integer(self.subset) and self.subset >= 1), f"subset must be >= 1 or null, got {self.subset!r}")
         need(
@@ -180,6 +185,27 @@ class RunConfig:
         need(self.groups is None or isinstance(self.groups, dict),
              f"groups must be a mapping such as {{by: depth, blocks: 2}}, or null for the model's default; got {self.groups!r}")
         need(isinstance(self.model_args, dict), f"model_args must be a mapping such as {{hidden: [256, 128]}}, got {self.model_args!r}")
+
+
+#: How each field annotation reads in an error, and so which annotations a field may have.
+_TYPE_WORDS = {
+    "str": "a string", "str | None": "a string or null", "bool": "true or false", "int": "an integer",
+    "int | None": "an integer or null", "float": "a number", "float | None": "a number or null",
+    "dict[str, Any]": "a mapping such as {key: value}", "dict[str, Any] | None": "a mapping such as {key: value} or null",
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits the field annotation (YAML gives bools for yes/no: never a number here)."""
+    if value is None:
+        return annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if base == "dict[str, Any]":
+        return isinstance(value, dict)
+    if isinstance(value, bool):
+        return base == "bool"
+    return {"str": isinstance(value, str), "bool": False, "int": isinstance(value, int),
+            "float": isinstance(value, (int, float))}[base]
 
 
 def _closest(word: str, options: set[str]) -> str | None:

@@ -351,13 +351,28 @@ class Freezer:
         if changed:
             self.apply(names)
             if self.trainable_numel == 0:
-                raise FreezerError(
-                    f"at step {clock.step} the schedule ({self.schedule.describe()}) leaves nothing in the model "
-                    f"trainable; keep at least one group training (groups: {list(self.groups.names)})"
-                )
+                raise self._nothing_trainable(clock)
         if self.bn_stats == "frozen":
             self._update_norm_modes()
         return changed
+
+    def check_trains_something(self, clock: Clock) -> None:
+        """Raise :class:`FreezerError` now if the schedule would leave nothing trainable at ``clock``.
+
+        Nothing is applied: a run checks its first step before it writes anything, so a schedule
+        that freezes every group fails as bad input, not after the run folder exists.
+        """
+        names = self.wanted(clock)
+        managed = {id(p) for params in self._params.values() for p in params}
+        on = {id(p) for g in names for p in self._params.get(g, ())}
+        if not any(id(p) in on or (id(p) not in managed and p.requires_grad) for p in self.model.parameters()):
+            raise self._nothing_trainable(clock)
+
+    def _nothing_trainable(self, clock: Clock) -> FreezerError:
+        return FreezerError(
+            f"at step {clock.step} the schedule ({self.schedule.describe()}) leaves nothing in the model "
+            f"trainable; keep at least one group training (groups: {list(self.groups.names)})"
+        )
 
     def apply(self, names: frozenset[str]) -> None:
         """Make exactly the groups ``names`` trainable and bring the optimizer(s) in line."""

@@ -712,7 +712,7 @@ def pattern(
             match = _matcher(pat, regex)
             hits = list(dict.fromkeys(c for n, c in every_name if match(n)))  # a tied alias picks its canonical name
             if not hits:
-                raise GroupError(f"pattern {pat!r} for group {group!r} matches no parameter (e.g. {names[:3]})")
+                raise GroupError(f"pattern {pat!r} for group {group!r} matches no parameter (e.g. {names[:3]}); fix the pattern (a regex over parameter names)")
             for n in hits:
                 if assigned.get(n, group) != group:
                     raise GroupError(

@@ -207,6 +207,10 @@ class MLP(nn.Sequential):
             raise ValueError(f"unknown norm {norm!r}; use None, 'batch' or 'layer'")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ValueError(f"hidden must be a list of layer widths >= 1, e.g. [256, 128], got {hidden!r}")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         widths = [in_features, *hidden]
         for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]), start=1):

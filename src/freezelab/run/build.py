@@ -10,6 +10,7 @@ data split and the batch order depend only on ``config.seed``, never on the sche
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -21,7 +22,7 @@ from torch import nn
 
 from .. import groups as groups_mod
 from ..config import ConfigError, RunConfig
-from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset, resize_batch
+from ..data import DatasetSplits, IndexBatches, list_datasets, list_recipes, load_dataset, resize_batch
 from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_info, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
@@ -77,13 +78,27 @@ def check_config(cfg: RunConfig) -> Schedule:
         f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
-    split_model_args(cfg.model_args)[1].check()  # a bad LoRA spec or a missing checkpoint file
+    recipes = list(list_recipes(cfg.dataset))
+    need(cfg.recipe is None or cfg.recipe in recipes, f"recipe {cfg.recipe!r} is unknown for {cfg.dataset}; choose from {recipes}")
+    builder_args, pretrained = split_model_args(cfg.model_args)
+    _check_model_args(cfg.model, builder_args)
+    pretrained.check()  # a bad LoRA spec or a missing checkpoint file
     need(not any(sub.adapts for sub in _nested(schedule)),
          f"schedule {schedule.name}: an adaptive schedule (autofreeze) decides after each epoch and must be the "
          "run's top-level schedule, not nested in another")
     need(not schedule.adapts or cfg.grad_stats,
          f"schedule {schedule.name} decides from the per-epoch gradient statistics; set grad_stats: true")
     return schedule
+
+
+def _check_model_args(model: str, builder_args: dict[str, Any]) -> None:
+    """``model_args`` name options the model's builder takes (a typo must not reach it as a TypeError)."""
+    options = set(model_options(model)) - {"in_features", "in_channels", "num_classes"}
+    for key in builder_args:
+        if key not in options:
+            hint = difflib.get_close_matches(str(key), sorted(options), n=1)
+            raise ConfigError(f"model_args: model {model!r} takes no option {key!r}"
+                              f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; its options: {sorted(options)}")
 
 
 def groups_spec(cfg: RunConfig) -> dict[str, Any]:
@@ -174,6 +189,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats)
     batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
     spe = batches.steps_per_epoch
+    freezer.check_trains_something(Clock.at(0, spe, cfg.epochs))  # before the run folder is written
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr, images=images,
@@ -212,7 +228,10 @@ def _build_model(cfg: RunConfig, data: DatasetSplits, example: torch.Tensor) -> 
             raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, **kwargs)
+        try:
+            model = build_model(cfg.model, **kwargs)
+        except ValueError as e:  # a builder's own check of its arguments: the config's model_args
+            raise ConfigError(f"model_args {cfg.model_args} for model {cfg.model!r}: {e}") from None
         return prepare(model, pretrained, name=cfg.model, example_input=example)
 
 

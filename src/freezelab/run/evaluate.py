@@ -8,6 +8,7 @@ the graph path, and one transfer in :func:`epoch_row`).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from .inputs import Inputs
     from .steppers import StepRecord
 
-__all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize"]
+__all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize", "explosion",
+           "LOSS_BLOWUP", "CHANCE_EPOCHS"]
 
 #: The end-of-epoch scalars, in the order the epoch row lists them.
 SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc")
@@ -155,7 +157,53 @@ def step_frame(epoch: int, spe: int, record: StepRecord) -> pd.DataFrame:
     )
 
 
+#: A run has exploded when an epoch's mean training loss exceeds this many times its start.
+LOSS_BLOWUP = 10.0
+#: ... or when validation accuracy sits at chance this many epochs in a row after being well above it.
+CHANCE_EPOCHS = 2
+
+
+def explosion(train_loss: list[float], val_acc: list[float], num_classes: int) -> dict[str, Any] | None:
+    """``{"epoch": e, "reason": "..."}`` for the first epoch (1-based) where the run blew up, else ``None``.
+
+    A learning rate far too high need not give a NaN: Adam at lr 1e6 drives the loss to 1e22 and
+    the accuracy to chance while every number stays finite, and nothing else would say so. Two
+    signs, either enough:
+
+    * the epoch's mean training loss is over ``LOSS_BLOWUP`` times its start, where the start is
+      the first epoch's loss or ``ln(classes)`` (the loss of a uniform guess), whichever is lower:
+      a run already exploded in its first epoch is caught too;
+    * validation accuracy at chance (within 10% of the way from chance to 1) for
+      ``CHANCE_EPOCHS`` epochs in a row after having been well above it (half way to 1).
+
+    >>> explosion([2.3, 0.5, 1e6], [0.3, 0.9, 0.1], 10)["epoch"]
+    3
+    >>> explosion([2.3, 0.5, 0.4], [0.3, 0.9, 0.91], 10) is None
+    True
+    """
+    if not train_loss:
+        return None
+    start = min(train_loss[0], math.log(max(num_classes, 2)))
+    chance = 1.0 / max(num_classes, 2)
+    at_chance, above = chance + 0.1 * (1 - chance), chance + 0.5 * (1 - chance)
+    was_above, low = False, 0
+    for i, (loss, acc) in enumerate(zip(train_loss, val_acc)):
+        if loss > LOSS_BLOWUP * start:
+            return {"epoch": i + 1, "reason": f"train loss {loss:.3g} is over {LOSS_BLOWUP:g}x its start ({start:.3g})"}
+        low = low + 1 if was_above and acc <= at_chance else 0
+        if low >= CHANCE_EPOCHS:
+            return {"epoch": i + 2 - low, "reason": f"val accuracy fell to chance ({acc:.1%}, chance {chance:.1%}) "
+                                                    f"for {low} epochs after reaching {max(val_acc[:i + 1]):.1%}"}
+        was_above = was_above or acc >= above
+    return None
+
+
 def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
+    """The run's ``summary.json``: final and best accuracies, timing, calibration, and ``exploded``.
+
+    ``exploded`` is ``None``, or ``{"epoch": e, "reason": "..."}`` when the run blew up without a
+    NaN (:func:`explosion`): its accuracies then describe a broken run, not the schedule.
+    """
     cfg, model, data = run.config, run.model, run.data
     val_acc = epochs["val_acc"].tolist()
     best = max(val_acc)
@@ -189,6 +237,7 @@ def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
         "throughput_samples_per_s": len(data.train.y) * len(epochs) / train_time if train_time else None,
         "step_time_ms": 1000 * train_time / (run.steps_per_epoch * len(epochs)),
         "switches": run.freezer.switches,
+        "exploded": explosion(epochs["train_loss"].tolist(), val_acc, data.num_classes),
         "data_source": data.source,
         "precision": run.plan.precision,
         "augment": cfg.augment,

@@ -40,9 +40,9 @@ from ..config import ConfigError, RunConfig
 from ..data import DatasetSplits
 from . import record
 from .build import SharedData, build_run
-from .evaluate import epoch_row, measure_epoch, step_frame, summarize
-from .plan import log_plan, process_settings
 from .cached_stepper import CachedStepper
+from .evaluate import epoch_row, explosion, measure_epoch, step_frame, summarize
+from .plan import log, log_plan, process_settings
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
 
 __all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged"]
@@ -111,6 +111,7 @@ class Training:
         self.step_rows: list[pd.DataFrame] = []
         self.start_epoch, self._rng = 0, None
         self._saved_at, self._unsaved = time.monotonic(), None  # last finished epoch not checkpointed
+        self._exploded = False
         if self.run_dir is not None:
             record.write_config(self.run_dir, {**cfg.to_dict(), "schedule_description": run.schedule.describe()})
             record.write_plan(self.run_dir, plan.to_dict())
@@ -165,6 +166,7 @@ class Training:
             )
         self.rows.append(row)
         self._observe()
+        self._warn_if_exploded()
         if cfg.log_steps:
             self.step_rows.append(step_frame(epoch, run.steps_per_epoch, stepped))
         self._unsaved = epoch
@@ -186,6 +188,17 @@ class Training:
         run = self.run
         if run.schedule.adapts:
             run.freezer.schedule = run.schedule.observe(self.rows, run.groups.schedulable, run.config.epochs)
+
+    def _warn_if_exploded(self) -> None:
+        """One warning line the first time the run is seen to explode (the summary records it too)."""
+        if self._exploded:
+            return
+        found = explosion([r["train_loss"] for r in self.rows], [r["val_acc"] for r in self.rows], self.run.data.num_classes)
+        if found is not None:
+            self._exploded = True
+            cfg = self.run.config
+            log.warning("warning: run %s (seed %d) exploded at epoch %d: %s; lower lr (now %g) or pick another optimizer",
+                        cfg.variant or cfg.experiment, cfg.seed, found["epoch"], found["reason"], cfg.lr)
 
     def finish(self) -> RunResult:
         """The summary (written to the run folder) and the whole result."""

@@ -9,6 +9,7 @@ run's config, and safe to evaluate ahead of time (a CUDA graph per trainable set
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,9 +47,19 @@ class Clock:
     total_steps: int
     epochs: int
 
+    def __post_init__(self) -> None:
+        # A clock is built from the user's loop counters (Clock.at in an in-loop snippet, a host's
+        # step): a wrong one would silently pick another trainable set, so it is refused here.
+        _check_clock(self.step, self.epoch, self.steps_per_epoch, self.epochs, self.total_steps)
+
     @classmethod
     def at(cls, step: int, steps_per_epoch: int, epochs: int) -> Clock:
-        """The clock of a plain run at global ``step``."""
+        """The clock of a plain run at global ``step``.
+
+        >>> Clock.at(5, steps_per_epoch=2, epochs=3).epoch
+        2
+        """
+        _check_clock(step, 0, steps_per_epoch, epochs)  # before the division can fail
         return cls(step, step // steps_per_epoch, steps_per_epoch, steps_per_epoch * epochs, epochs)
 
     @property
@@ -80,6 +91,24 @@ class Clock:
             max(self.total_steps - steps, 1),
             max(self.epochs - whole, 1),
         )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_clock(step: Any, epoch: Any, steps_per_epoch: Any, epochs: Any, total_steps: Any = 1) -> None:
+    """One line naming a clock counter that no training loop can have."""
+    named = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total_steps}
+    for name, value in named.items():
+        if not _whole(value):
+            raise ScheduleError(f"Clock {name} must be a whole number, got {value!r}")
+    if step < 0 or epoch < 0:
+        raise ScheduleError(f"Clock step and epoch count from 0, got step={step}, epoch={epoch}; "
+                            "pass the global optimizer step (0 for the first)")
+    if steps_per_epoch < 1 or epochs < 1:
+        raise ScheduleError(f"Clock needs steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch} and {epochs}; "
+                            "pass len(loader) and the number of epochs")
 
 
 SCHEDULES: dict[str, type[Schedule]] = {}
@@ -275,7 +304,7 @@ def check_groups(schedule: str, named: Sequence[str] | None, groups: Sequence[st
         return
     missing = [g for g in named if g not in groups]
     if missing:
-        raise ScheduleError(f"{schedule} names group(s) {missing} that are not schedulable groups {list(groups)}")
+        raise ScheduleError(f"{schedule} names group(s) {missing} that are not schedulable groups {list(groups)}; name one of those")
     if len(named) < least:
         raise ScheduleError(f"{schedule} needs at least {least} groups, got {list(named)}")
 

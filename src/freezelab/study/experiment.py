@@ -65,7 +65,7 @@ class Experiment:
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
             raise ExperimentError(f"{source}: seeds must be a positive count or a list of integers, got {data.get('seeds')!r}")
         if len(set(seeds)) != len(seeds):
-            raise ExperimentError(f"{source}: seeds lists a seed twice: {seeds}")
+            raise ExperimentError(f"{source}: seeds lists a seed twice: {seeds}; list each seed once")
         base = data.get("base") or {}
         if not isinstance(base, dict):
             raise ExperimentError(f"{source}: base must map run options to values, e.g. {{epochs: 20}}, got {base!r}")

@@ -44,10 +44,22 @@ _WHERE_NOT_WHAT = {"schedule_description", "device", "data_root", "download", "f
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
-    """``True`` if the run is already finished; raise :class:`ConfigChanged` on a mismatch."""
+    """``True`` if the run is already finished; raise :class:`ConfigChanged` on a mismatch.
+
+    A path that is a file, or a folder whose ``config.yaml`` is not a run config (another
+    program's, a damaged one), is a :class:`~freezelab.run.record.RunFolderError`: never overwritten.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise record.RunFolderError(f"{run_dir} is a file, not a run folder; choose another output folder or remove the file")
     saved = record.read_config(run_dir)
     if saved is None:
         return False
+    foreign = sorted(set(saved) - set(cfg.to_dict()) - {"schedule_description"})
+    if foreign:
+        raise record.RunFolderError(
+            f"{run_dir / record.CONFIG} is not a freezelab run config (it has {foreign[0]!r}); "
+            "write to another folder (--runs-dir, or --out for train) or remove that one"
+        )
     saved = {**RunConfig().to_dict(), **saved}  # an option added since the folder was written had its default
     wanted = cfg.to_dict()
     # {name: alternate, unit: epoch} and the same with its defaults spelled out are one schedule.
@@ -140,6 +152,7 @@ def run_experiment(
     its share of the cores). A failing run (a diverged loss, say) is reported in its outcome
     and does not stop the others; every finished run stays on disk.
     """
+    record.check_writable(Path(runs_dir) / experiment.name)  # a wrong --runs-dir fails once, before any run
     todo: list[tuple[RunConfig, Path]] = []
     outcomes: list[RunOutcome] = []
     for cfg in experiment.configs():
