@@ -93,6 +93,13 @@ class RunConfig:
     seed: int = 0  # model init, data order and dropout all derive from it
     # -- execution and logging -----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads torch uses for this run (set around its epoch loop, then restored). Part of the
+    # run's identity: a float32 sum split over 2 threads rounds differently than over 1, and the
+    # same Fashion-MNIST MLP epoch ends with weights up to 0.043 apart. 1 is the default because
+    # sweeps use the cores by running several runs at once (--jobs), and on a busy machine a
+    # second thread made small-MLP epochs 12x slower, not faster (benchmarks/cpu_threads.py).
+    # A large single CPU run may ask for more. On a GPU the kernels' results do not depend on it.
+    threads: int = 1
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
@@ -134,7 +141,7 @@ class RunConfig:
         def integer(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "threads"):
             value = getattr(self, name)
             need(integer(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         need(integer(self.seed), f"seed must be an integer, got {self.seed!r}")
