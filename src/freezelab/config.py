@@ -73,11 +73,14 @@ class RunConfig:
     data_root: str | None = None  # None: $FREEZELAB_DATA, else the user cache dir
     download: bool = False  # fetch a missing dataset through torchvision (needs a network)
     subset: int | None = None  # keep the first N training examples (quick checks, CI)
+    augment: str = "none"  # none | crop_flip | flip: on the device, seeded by (seed, epoch, step)
     # -- the model and its groups ------------------------------------------------------------
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"hidden": [256, 128]}
     activation: str = "relu"
-    groups: dict[str, Any] = field(default_factory=lambda: {"by": "depth", "blocks": 2})
+    # None: the model's default groups from the registry (MLPs: {by: depth, blocks: 2}, the
+    # seeds' halves); a LoRA run's default is {by: kind, kinds: [lora, norm, head]}.
+    groups: dict[str, Any] | None = None
     # -- the schedule and how the optimizer follows it -----------------------------------------
     schedule: dict[str, Any] = field(default_factory=lambda: {"name": "standard"})
     policy: str = "keep"  # keep | recreate | remove | release
@@ -102,6 +105,8 @@ class RunConfig:
     threads: int = 1
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 for image models on CUDA
+    channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
@@ -152,6 +157,9 @@ class RunConfig:
         )
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
+        need(self.augment in ("none", "crop_flip", "flip"), f"augment must be none, crop_flip or flip, got {self.augment!r}")
+        need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(
             isinstance(self.save_every_s, (int, float)) and not isinstance(self.save_every_s, bool) and self.save_every_s >= 0,
             f"save_every_s is a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",
@@ -162,7 +170,9 @@ class RunConfig:
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
         need(isinstance(self.schedule, dict) and "name" in self.schedule, "schedule must be a mapping with a 'name'")
-        need(isinstance(self.groups, dict), "groups must be a mapping such as {by: depth, blocks: 2}")
+        need(self.groups is None or isinstance(self.groups, dict),
+             f"groups must be a mapping such as {{by: depth, blocks: 2}}, or null for the model's default; got {self.groups!r}")
+        need(isinstance(self.model_args, dict), f"model_args must be a mapping such as {{hidden: [256, 128]}}, got {self.model_args!r}")
 
 
 def _closest(word: str, options: set[str]) -> str | None:
