@@ -179,12 +179,14 @@ def test_the_thread_count_is_the_runs_own_not_the_callers(finished):
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # what a caller (or `freezelab run --jobs 1` on two cores) had
     try:
-        model = train({**BASE, "seed": 0}, progress=False).model.state_dict()
+        result = train({**BASE, "seed": 0}, progress=False)
         assert torch.get_num_threads() == 2  # restored after the run
     finally:
         torch.set_num_threads(before)
-    saved = weights(finished / "tiny/standard/seed0")
+    model, saved = result.model.state_dict(), weights(finished / "tiny/standard/seed0")
     assert all(torch.equal(model[k], saved[k]) for k in saved)  # bit for bit, whatever the caller's setting
+    summary = run_folder.read_summary(finished / "tiny/standard/seed0")
+    assert (result.summary["test_ece"], result.summary["reliability"]) == (summary["test_ece"], summary["reliability"])
     other = train({**BASE, "seed": 0, "threads": 2}, progress=False).model.state_dict()
     assert any(not torch.equal(other[k], saved[k]) for k in saved)  # two threads really compute another run
 

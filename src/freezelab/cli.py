@@ -232,7 +232,6 @@ def _show_progress() -> None:
         handler.freezelab_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def _write_report(folder: Path) -> None:

@@ -192,7 +192,8 @@ class Training:
         """The summary (written to the run folder) and the whole result."""
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
-        summary = summarize(self.run, epochs_df)
+        with process_settings(self.run.plan):  # the final evaluation with the run's own threads, as in its loop
+            summary = summarize(self.run, epochs_df)
         if self.run_dir is not None:
             record.write_summary(self.run_dir, summary)
         return RunResult(self.run.config, epochs_df, steps_df, summary, self.run_dir, self.run.model)
