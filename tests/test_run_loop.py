@@ -233,7 +233,8 @@ def test_outside_a_terminal_progress_is_one_log_line_per_epoch(caplog, capsys):
     lines = [r.getMessage() for r in caplog.records if r.name == "freezelab.progress"]
     assert [line.split(" loss ")[0] for line in lines] == ["alt epoch 1/3", "alt epoch 2/3", "alt epoch 3/3"]
     assert all(" val " in line and line.endswith(" s)") for line in lines)
-    assert capsys.readouterr().err == ""  # no progress bar drawn into the pipe
+    # No progress bar drawn into the pipe (stderr holds at most these lines, if the CLI's handler is installed).
+    assert set(capsys.readouterr().err.splitlines()) <= set(lines)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="freezelab.progress"):
         train(TINY, progress=False)
