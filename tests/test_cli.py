@@ -95,6 +95,10 @@ def test_train_writes_a_run_folder_and_refuses_a_changed_config(tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "alternate first/second every epoch" in result.output and "final val acc" in result.output
+    # Not a terminal: no bar, but one progress line per epoch on stderr.
+    progress = [line for line in result.stderr.splitlines() if " epoch " in line]
+    assert len(progress) == 2 and progress[0].startswith("run epoch 1/2 loss ") and "val " in progress[0], result.stderr
+    assert "epoch" not in result.stdout.split("alternate first/second")[0]
     assert run_folder.is_finished(out) and run_folder.read_config(out)["lr"] == 0.01
     assert invoke(*args).exit_code == 0  # the same run again: already finished, nothing changes
     line = assert_error(invoke(*args[:-2], "--set", "batch_size=32"), "holds a run with batch_size=64", "batch_size=32")
@@ -233,3 +237,61 @@ def test_installed_entry_point_exit_status_and_stderr():
     bad = subprocess.run([*command, "list", "widgets"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [bad.stderr.strip()] and bad.stderr.startswith("error: cannot list 'widgets'")
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_a_sequential_sweep_is_one_line_exit_130_and_keeps_the_finished_runs(tmp_path, exp_file, monkeypatch):
+    from freezelab.study import runner
+
+    real, calls = runner._train_one, []
+
+    def interrupted_second_run(config, run_dir):
+        calls.append(run_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(config, run_dir)
+
+    monkeypatch.setattr(runner, "_train_one", interrupted_second_run)
+    result = invoke("run", str(exp_file), "--runs-dir", str(tmp_path))
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [
+        "interrupted: 1 of 4 runs were finished or skipped and are saved; run the same command again to resume the rest"]
+    assert len(calls) == 2 and run_folder.is_finished(Path(calls[0])) and not run_folder.is_finished(Path(calls[1]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_in_worker_processes_within_seconds(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it: workers stop, finished runs stay."""
+    import os
+    import signal
+    import time
+
+    exp = tmp_path / "long.yaml"
+    exp.write_text(EXPERIMENT.replace("seeds: 2", "seeds: 4").replace("epochs: 2", "epochs: 60"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    sweep = subprocess.Popen([sys.executable, "-m", "freezelab.cli", "run", str(exp), "--runs-dir", str(tmp_path), "--jobs", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        lines = []
+        while not any(" done " in line for line in lines):  # the first run finished
+            line = sweep.stdout.readline()
+            assert line, f"the sweep ended early: {lines} {sweep.stderr.read()}"
+            lines.append(line)
+        os.killpg(sweep.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        code = sweep.wait(timeout=30)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert code == 130 and stopped_after < 10, (code, stopped_after)
+    assert sweep.stderr.read().strip().splitlines()[-1].startswith("interrupted: ")
+    folders = sorted(p.parent for p in tmp_path.rglob("config.yaml"))
+    finished = [p for p in folders if run_folder.is_finished(p)]
+    assert 1 <= len(finished) < 8  # what finished is kept; the queued runs did not train on
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    time.sleep(2)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files  # no worker left writing

@@ -223,3 +223,19 @@ def test_random_schedules_draw_from_the_run_seed_unless_given_one():
     assert pinned.seed == 7
     nested = {"name": "warmup", "groups": ["first"], "steps": 3, "then": {"name": "block_cycle", "order": "random"}}
     assert build_schedule(RunConfig.from_dict({**TINY, "schedule": nested, "seed": 5})).then.seed == 5
+
+
+def test_outside_a_terminal_progress_is_one_log_line_per_epoch(caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="freezelab.progress"):
+        train({**TINY, "variant": "alt"}, progress=None)  # pytest's stderr is no terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "freezelab.progress"]
+    assert [line.split(" loss ")[0] for line in lines] == ["alt epoch 1/3", "alt epoch 2/3", "alt epoch 3/3"]
+    assert all(" val " in line and line.endswith(" s)") for line in lines)
+    # No progress bar drawn into the pipe (stderr holds at most these lines, if the CLI's handler is installed).
+    assert set(capsys.readouterr().err.splitlines()) <= set(lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="freezelab.progress"):
+        train(TINY, progress=False)
+    assert [r for r in caplog.records if r.name == "freezelab.progress"] == []

@@ -45,7 +45,7 @@ def test_a_cpu_run_is_planned_eager_and_the_plan_is_in_its_folder(tmp_path):
 def test_the_gpu_plan_takes_the_graph_path_compiled_where_exact():
     plan = gpu_plan()
     assert (plan.stepper, plan.fused_optimizer, plan.compiled, plan.graphed_measurements) == ("graph", True, True, True)
-    assert plan.lockstep_key == ("cuda", 10, 640, 64)
+    assert plan.lockstep_key == ("cuda", 10, 640, 64, 1)
     dropout = gpu_plan(dropout=True)
     assert dropout.stepper == "graph" and not dropout.compiled and "dropout" in dropout.compile_reason
     assert not dropout.graphed_measurements and dropout.lockstep_key is None

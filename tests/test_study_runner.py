@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from freezelab.config import RunConfig
 from freezelab.run import record as run_folder
 from freezelab.run import train
 from freezelab.study import ConfigChanged, Experiment, RunOutcome, check_run_dir, run_experiment
@@ -162,3 +164,40 @@ def test_two_worker_processes_give_the_same_results_as_one(tmp_path, finished):
         pd.testing.assert_frame_equal(one[CURVE], two[CURVE])
         s1, s2 = run_folder.read_summary(finished / "tiny" / run), run_folder.read_summary(tmp_path / "tiny" / run)
         assert (s1["final_val_acc"], s1["final_test_acc"], s1["switches"]) == (s2["final_val_acc"], s2["final_test_acc"], s2["switches"])
+        w1, w2 = weights(finished / "tiny" / run), weights(tmp_path / "tiny" / run)
+        assert all(torch.equal(w1[k], w2[k]) for k in w1), run  # the final weights too, bit for bit
+
+
+def weights(run_dir: Path) -> dict:
+    return run_folder.load_checkpoint(run_dir)["model"]
+
+
+def test_the_thread_count_is_the_runs_own_not_the_callers(finished):
+    """``--jobs 1`` trained with the caller's thread count and workers with a share of the cores; now each run sets its own."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a caller (or `freezelab run --jobs 1` on two cores) had
+    try:
+        result = train({**BASE, "seed": 0}, progress=False)
+        assert torch.get_num_threads() == 2  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+    model, saved = result.model.state_dict(), weights(finished / "tiny/standard/seed0")
+    assert all(torch.equal(model[k], saved[k]) for k in saved)  # bit for bit, whatever the caller's setting
+    summary = run_folder.read_summary(finished / "tiny/standard/seed0")
+    assert (result.summary["test_ece"], result.summary["reliability"]) == (summary["test_ece"], summary["reliability"])
+    other = train({**BASE, "seed": 0, "threads": 2}, progress=False).model.state_dict()
+    assert any(not torch.equal(other[k], saved[k]) for k in saved)  # two threads really compute another run
+
+
+def test_a_folder_trained_with_another_thread_count_is_refused(finished, tmp_path):
+    cfg = tiny().configs()[0]  # standard, seed 0
+    assert check_run_dir(finished / "tiny/standard/seed0", cfg)
+    with pytest.raises(ConfigChanged, match=r"threads=1, but the config now says threads=2"):
+        check_run_dir(finished / "tiny/standard/seed0", RunConfig.from_dict({**cfg.to_dict(), "threads": 2}))
+    saved = run_folder.read_config(finished / "tiny/standard/seed0")
+    del saved["threads"]  # a folder written before the thread count was recorded
+    run_folder.write_config(tmp_path / "old", saved)
+    with pytest.raises(ConfigChanged, match=r"from before freezelab recorded its thread count .*threads=1.*another folder"):
+        check_run_dir(tmp_path / "old", cfg)

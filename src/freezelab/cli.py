@@ -153,9 +153,12 @@ def train(
         cfg = RunConfig.from_dict(fields)
         check_config(cfg)
         check_run_dir(out, cfg)  # a folder holding a different run is refused, never overwritten
+        _show_progress()
         result = train_run(cfg, out)
     except _errors() as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted(f"the same command resumes the run from its last checkpoint in {out}")
     s = result.summary
     typer.echo(
         f"{s['schedule']}\n"
@@ -208,6 +211,8 @@ def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int 
         outcomes = run_experiment(exp, runs_dir, jobs=jobs, lockstep=lockstep, on_result=show)
     except _errors() as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted(f"{done[0]} of {n} runs were finished or skipped and are saved; run the same command again to resume the rest")
     failed = [o for o in outcomes if o.status == "failed"]
     if report and len(failed) < len(outcomes):
         try:
@@ -218,6 +223,38 @@ def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int 
         saved = len(outcomes) - len(failed)
         kept = f"the {saved} others are saved" if saved else "no run finished, nothing was saved"
         _fail(f"{len(failed)} of {n} runs failed ({kept}); first: {failed[0].run_dir}: {failed[0].error}")
+
+
+def _interrupted(saved: str) -> None:
+    """Ctrl-C: one line saying what is kept, and the shell's exit status for SIGINT (130)."""
+    typer.secho(f"interrupted: {saved}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
+def _show_progress() -> None:
+    """Send the per-epoch progress lines (logger ``freezelab.progress``) to stderr, once per process.
+
+    Outside a terminal a run has no progress bar; these lines are what a log file or CI shows.
+    """
+    import logging
+
+    class Stderr(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a line is logged (a test runner swaps it)."""
+
+        @property
+        def stream(self):  # type: ignore[override]
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value) -> None:
+            pass
+
+    logger = logging.getLogger("freezelab.progress")
+    if not any(getattr(h, "freezelab_cli", False) for h in logger.handlers):
+        handler = Stderr()
+        handler.freezelab_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _write_report(folder: Path) -> None:

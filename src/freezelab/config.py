@@ -104,6 +104,13 @@ class RunConfig:
     seed: int = 0  # model init, data order and dropout all derive from it
     # -- execution and logging -----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads torch uses for this run (set around its epoch loop, then restored). Part of the
+    # run's identity: a float32 sum split over 2 threads rounds differently than over 1, and the
+    # same Fashion-MNIST MLP epoch ends with weights up to 0.043 apart. 1 is the default because
+    # sweeps use the cores by running several runs at once (--jobs), and on a busy machine a
+    # second thread made small-MLP epochs 12x slower, not faster (benchmarks/cpu_threads.py).
+    # A large single CPU run may ask for more. On a GPU the kernels' results do not depend on it.
+    threads: int = 1
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
     # auto | on | off: compute a prefix frozen for the rest of the run once per example and train
@@ -154,7 +161,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             need(_has_type(value, str(f.type)), f"{f.name} must be {_TYPE_WORDS[str(f.type)]}, got {value!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "threads"):
             value = getattr(self, name)
             need(integer(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         need(integer(self.seed), f"seed must be an integer, got {self.seed!r}")

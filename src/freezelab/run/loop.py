@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -62,16 +63,27 @@ class RunResult:
     model: nn.Module
 
 
-def _quiet() -> bool:
-    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
+def _terminal() -> bool:
+    """A person watching a terminal (not CI, not a pipe or a log file)."""
+    return not os.environ.get("CI") and sys.stderr.isatty()
+
+
+progress_log = logging.getLogger("freezelab.progress")
 
 
 class _Progress:
-    """A rich progress bar for epochs and batches that says nothing in CI or a pipe."""
+    """What a run shows while it trains: a progress bar in a terminal, else one log line per epoch.
 
-    def __init__(self, enabled: bool, epochs: int, steps: int, label: str) -> None:
+    ``mode`` is ``"bar"`` (rich's bar for epochs and batches), ``"lines"`` (an INFO line per epoch
+    on the ``freezelab.progress`` logger: a run in CI or piped to a file would otherwise say
+    nothing for as long as it trains; ``freezelab train`` sends them to stderr) or ``"off"``.
+    """
+
+    def __init__(self, mode: str, epochs: int, steps: int, label: str) -> None:
         self.bar = None
-        if enabled:
+        self.mode, self.label = mode, label
+        self._started = time.perf_counter()
+        if mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -88,6 +100,8 @@ class _Progress:
             self.bar.advance(self.epochs)
             self.bar.reset(self.steps)
             self.bar.update(self.epochs, description=text)
+        elif self.mode == "lines":
+            progress_log.info("%s %s (%.1f s)", self.label, text, time.perf_counter() - self._started)
 
     def close(self) -> None:
         if self.bar:
@@ -123,8 +137,8 @@ class Training:
         if cfg.grad_stats:
             metrics.warm_up_jvp()
         self.measure = graphed(lambda: measure_epoch(run), run.device) if plan.graphed_measurements else lambda: measure_epoch(run)
-        show = progress if progress is not None else not _quiet()
-        self.bar = _Progress(show, cfg.epochs, run.steps_per_epoch, cfg.variant or cfg.experiment)
+        mode = {True: "bar", False: "off", None: "bar" if _terminal() else "lines"}[progress]
+        self.bar = _Progress(mode, cfg.epochs, run.steps_per_epoch, cfg.variant or cfg.experiment)
 
     def start(self) -> None:
         """Set the random streams this run trains with, right before its first epoch.
@@ -204,7 +218,8 @@ class Training:
         """The summary (written to the run folder) and the whole result."""
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
-        summary = summarize(self.run, epochs_df)
+        with process_settings(self.run.plan):  # the final evaluation with the run's own threads, as in its loop
+            summary = summarize(self.run, epochs_df)
         if self.run_dir is not None:
             record.write_summary(self.run_dir, summary)
         return RunResult(self.run.config, epochs_df, steps_df, summary, self.run_dir, self.run.model)

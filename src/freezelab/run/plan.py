@@ -78,7 +78,7 @@ def lockstep_candidate(cfg: RunConfig) -> tuple | None:
     """Before building: runs with equal keys may share a GPU in lockstep (the plan decides once built)."""
     if graph_unsupported(cfg, resolve_device(cfg.device)) is not None:
         return None
-    return (cfg.dataset, cfg.recipe, cfg.subset, cfg.data_root, cfg.batch_size, cfg.epochs)
+    return (cfg.dataset, cfg.recipe, cfg.subset, cfg.data_root, cfg.batch_size, cfg.epochs, cfg.threads)
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class ExecutionPlan:
     precision_reason: str = "float32 throughout"
     channels_last: bool = False  # image batches and conv weights in NHWC layout
     channels_last_reason: str = "not an image model"
+    threads: int = 1  # the config's torch thread count, which process_settings sets (runs sharing a loop agree)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -160,12 +161,13 @@ def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_s
         compile_reason=no_compile or f"graph path on CUDA, at most {MAX_COMPILED_SETS} trainable sets",
         graphed_measurements=shared,
         measurements_reason=shared_reason,
-        lockstep_key=(str(device), steps_per_epoch, train_size, cfg.batch_size) if shared else None,
+        lockstep_key=(str(device), steps_per_epoch, train_size, cfg.batch_size, cfg.threads) if shared else None,
         lockstep_reason=shared_reason,
         precision=precision,
         precision_reason=precision_reason,
         channels_last=channels_last,
         channels_last_reason=channels_last_reason,
+        threads=cfg.threads,
     )
 
 
@@ -208,10 +210,18 @@ def process_settings(*plans: ExecutionPlan) -> Iterator[None]:
       better kernels than cuBLAS's for small float32 products (a FashionMLP weight gradient:
       52 µs with cuBLAS, 5 µs with cuBLASLt).
     * Compiled runs need Dynamo's settings for freezing (:func:`freezelab.run.compiled.dynamo_settings`).
-
-    Eager runs need nothing, so on a CPU this changes nothing.
+    * torch's CPU thread count is the config's ``threads``: it changes a CPU run's results (a
+      float32 sum over 2 threads rounds differently than over 1), so it is fixed per run rather
+      than left to whoever calls (``--jobs`` used to give each worker its share of the cores).
+      Runs that share a loop have equal ``threads`` (it is part of the lockstep key).
     """
+    threads = {p.threads for p in plans}
+    if len(threads) != 1:
+        raise ValueError(f"runs that share one epoch loop must use one thread count, got {sorted(threads)}")
     with contextlib.ExitStack() as stack:
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads.pop())
+        stack.callback(torch.set_num_threads, previous_threads)
         if any(p.stepper == "graph" for p in plans):
             previous = torch.backends.cuda.preferred_blas_library()
             torch.backends.cuda.preferred_blas_library("cublaslt")

@@ -4,11 +4,21 @@ Re-running the same command is always safe: finished runs (``summary.json`` pres
 skipped, unfinished ones resume from their last epoch checkpoint, and a folder whose saved
 config differs from the one asked for is refused rather than overwritten. Small runs can
 share a machine (and one GPU) through ``jobs`` worker processes.
+
+A run's result does not depend on how it was launched: each run sets torch's CPU thread count
+to its config's ``threads`` (default 1), alone or in a worker, so ``--jobs 1`` and ``--jobs 4``
+give bit-identical runs. (Workers used to split the cores, one thread each with ``--jobs 2`` on
+two cores, against the caller's two threads with ``--jobs 1``, and their weights differed by
+up to 0.03.) A folder written before the thread count was recorded is refused, since nobody
+knows which count trained it. Ctrl-C stops a pool at once: the workers ignore SIGINT, the
+runner stops them and raises :class:`KeyboardInterrupt`, and every finished run stays saved.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,6 +34,8 @@ from ..schedules import ScheduleError, schedule_from_dict
 from .experiment import Experiment
 
 __all__ = ["run_experiment", "RunOutcome", "ConfigChanged", "check_run_dir"]
+
+log = logging.getLogger("freezelab")
 
 
 class ConfigChanged(ConfigError):
@@ -59,6 +71,11 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
         raise record.RunFolderError(
             f"{run_dir / record.CONFIG} is not a freezelab run config (it has {foreign[0]!r}); "
             "write to another folder (--runs-dir, or --out for train) or remove that one"
+        )
+    if "threads" not in saved:  # written before the thread count was part of a run's identity
+        raise ConfigChanged(
+            f"{run_dir} holds a run from before freezelab recorded its thread count (threads), so it cannot be "
+            f"matched with threads={cfg.threads}; write to another folder (--runs-dir, or --out for train) or remove that one"
         )
     saved = {**RunConfig().to_dict(), **saved}  # an option added since the folder was written had its default
     wanted = cfg.to_dict()
@@ -97,14 +114,13 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _train_one(config: dict[str, Any], run_dir: str, threads: int | None = None) -> float:
-    """Worker entry point (top level so it pickles): train one run into ``run_dir``."""
-    import torch
+def _train_one(config: dict[str, Any], run_dir: str) -> float:
+    """Worker entry point (top level so it pickles): train one run into ``run_dir``.
 
+    The run sets its own thread count (its config's ``threads``), wherever it trains.
+    """
     from ..run import train
 
-    if threads:  # workers split the CPUs; in-process runs keep the caller's setting
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     train(RunConfig.from_dict(config), run_dir, progress=False)
     return time.perf_counter() - t0
@@ -148,9 +164,10 @@ def run_experiment(
 
     On a GPU, up to ``lockstep`` runs that can share CUDA graphs train together in this process,
     each on its own stream, with the results each would get alone (:mod:`freezelab.study.lockstep`).
-    The other runs train ``jobs`` at a time in worker processes (on a CPU, each worker gets
-    its share of the cores). A failing run (a diverged loss, say) is reported in its outcome
-    and does not stop the others; every finished run stays on disk.
+    The other runs train ``jobs`` at a time in worker processes, each with its config's
+    ``threads``, so the results do not depend on ``jobs``. A failing run (a diverged loss, say)
+    is reported in its outcome and does not stop the others; every finished run stays on disk.
+    A :class:`KeyboardInterrupt` (Ctrl-C) stops the workers at once and propagates.
     """
     record.check_writable(Path(runs_dir) / experiment.name)  # a wrong --runs-dir fails once, before any run
     todo: list[tuple[RunConfig, Path]] = []
@@ -179,15 +196,51 @@ def run_experiment(
             except Exception as e:  # noqa: BLE001 - reported per run, the others go on
                 finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
         return outcomes
+    _train_in_workers(todo, jobs, finish)
+    return outcomes
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group; the parent alone decides what stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _train_in_workers(todo: list[tuple[RunConfig, Path]], jobs: int, finish: Callable[[RunOutcome], None]) -> None:
+    """Train ``todo`` in ``jobs`` worker processes; on Ctrl-C stop them all and re-raise.
+
+    Without this, a :class:`KeyboardInterrupt` in the parent waits for the pool to drain (every
+    queued run trains to its end), and one in a worker fails only that worker's run.
+    """
     import multiprocessing as mp
 
-    threads = max(1, _cpus() // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, cfg.to_dict(), str(run_dir), threads): run_dir for cfg, run_dir in todo}
+    threads = max(cfg.threads for cfg, _ in todo)
+    if jobs * threads > _cpus():
+        log.warning("%d workers x %d threads each is more than the %d CPUs here; the runs will be slower, not different",
+                    jobs, threads, _cpus())
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
+    try:
+        futures = {pool.submit(_train_one, cfg.to_dict(), str(run_dir)): run_dir for cfg, run_dir in todo}
         for fut in as_completed(futures):
             run_dir = futures[fut]
             try:
                 finish(RunOutcome(run_dir, "done", fut.result()))
             except Exception as e:  # noqa: BLE001
                 finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
-    return outcomes
+    except BaseException:
+        _stop_workers(pool)  # Ctrl-C (or a bug here): the unfinished runs keep their last checkpoint
+        raise
+    pool.shutdown()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and terminate the running ones (their folders hold only whole files)."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
