@@ -208,14 +208,17 @@ def _write_report(folder: Path) -> None:
 def report(
     runs_dir: Path = typer.Argument(..., help="Folder of run folders (an experiment folder or a whole runs dir)."),
     out: Optional[Path] = typer.Option(None, help="Where to write report.html/report.md/PNGs (default RUNS_DIR/report)."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Variant (or schedule of one variant) to pair the others with; default: the experiment file's "
+        "`baseline`, else `standard`."),
 ) -> None:
-    """Write the comparison report: curves with 95% CI over seeds, gradient flow, timeline, Pareto, reliability, table."""
+    """Write the comparison report: paired tests vs a baseline, curves with 95% CI over seeds, timeline, per-run pages."""
     from .report import write_report
 
     if not runs_dir.exists():
         _fail(f"{runs_dir} does not exist; run `freezelab run CONFIG` first")
     try:
-        path = write_report(runs_dir, out)
+        path = write_report(runs_dir, out, baseline=baseline)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"report: {path}")

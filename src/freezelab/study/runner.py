@@ -130,6 +130,7 @@ def run_experiment(
     """
     todo: list[tuple[RunConfig, Path]] = []
     outcomes: list[RunOutcome] = []
+    experiment.write_manifest(runs_dir)
     for cfg in experiment.configs():
         run_dir = experiment.run_dir(runs_dir, cfg)
         if check_run_dir(run_dir, cfg):
@@ -141,6 +142,8 @@ def run_experiment(
             on_result(o)
 
     def finish(outcome: RunOutcome) -> None:
+        if outcome.status == "failed":  # the report lists it with this reason
+            record.write_failure(outcome.run_dir, outcome.error or "unknown error")
         outcomes.append(outcome)
         if on_result:
             on_result(outcome)
