@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-__all__ = ["IDENTITY", "Collected", "collect", "collect_runs", "find_finished_runs", "timed_alone"]
+__all__ = ["IDENTITY", "Collected", "collect_all", "collect_runs", "find_finished_runs", "timed_alone"]
 
 # Columns that identify a run; every other config field goes under a "config." prefix because
 # config names such as `lr` and `device` collide with epoch and summary columns.
@@ -152,10 +152,10 @@ class Collected:
     manifest: dict[str, Any] | None = None
 
 
-def collect(runs_dir: Path | str) -> Collected:
+def collect_all(runs_dir: Path | str) -> Collected:
     """Collect the finished runs plus the per-step logs, failures, timing probes and manifest.
 
-    >>> c = collect("runs/seed004_fashion")  # doctest: +SKIP
+    >>> c = collect_all("runs/seed004_fashion")  # doctest: +SKIP
     >>> c.flagged[["run", "status", "reason"]]  # doctest: +SKIP
     """
     root = Path(runs_dir)

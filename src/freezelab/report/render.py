@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from freezelab.files import atomic_write
-from freezelab.report.collect import Collected, collect
+from freezelab.report.collect import Collected, collect_all
 from freezelab.report.plots import FIGURES, plot_run
 from freezelab.report.table import format_table, markdown_table, resolve_baseline, summary_table, verdicts
 
@@ -197,7 +197,7 @@ def render(runs_dir: Path | str, baseline: str | None = None, dpi: int = 110, *,
     experiment file's ``baseline`` (from ``experiment.json``) is used, else "standard". A
     baseline named here that matches no single variant is an error; the default is not.
     """
-    c = collect(runs_dir)
+    c = collect_all(runs_dir)
     chosen = baseline or (c.manifest or {}).get("baseline") or "standard"
     if baseline is not None and resolve_baseline(c.summaries, baseline)[0] is None:
         raise ValueError(f"--baseline {baseline!r} names no single variant; choose one of {sorted(c.summaries['variant'].unique())}")
