@@ -295,14 +295,15 @@ def _draw_timeline(ax: Axes, log: pd.DataFrame, order: Sequence[str]) -> None:
     sets = list(dict.fromkeys(log["trainable"].astype(str)))
     set_id = {name: i for i, name in enumerate(sets)}
     first, total = int(log[x].min()), int(log[x].max() - log[x].min()) + 1
-    bins = min(total, TIMELINE_BINS)
+    per_bin = math.ceil(total / TIMELINE_BINS)  # whole steps per column, so no column is a lone step by rounding
+    bins = math.ceil(total / per_bin)
     runs = _run_order(log, order)
     image = np.full((len(runs), bins), np.nan)
     labels = []
     for row, (run, variant, seed) in enumerate(runs):
         r = log[log["run"] == run]
         ids = r["trainable"].astype(str).map(set_id).to_numpy()
-        where = ((r[x].to_numpy() - first) * bins) // total
+        where = (r[x].to_numpy() - first) // per_bin
         low, high = np.full(bins, len(sets)), np.full(bins, -1)
         np.minimum.at(low, where, ids)
         np.maximum.at(high, where, ids)
@@ -310,7 +311,7 @@ def _draw_timeline(ax: Axes, log: pd.DataFrame, order: Sequence[str]) -> None:
         switches = int((ids[1:] != ids[:-1]).sum())
         labels.append(f"{variant}  seed {seed}  ({switches} switch{'es' if switches != 1 else ''})")
     colors = _palette(len(sets)) + [MIXED]
-    extent = (first - 0.5, first + total - 0.5, len(runs) - 0.5, -0.5)
+    extent = (first - 0.5, first + bins * per_bin - 0.5, len(runs) - 0.5, -0.5)
     ax.imshow(np.ma.masked_invalid(image), cmap=ListedColormap(colors), vmin=-0.5, vmax=len(sets) + 0.5,
               aspect="auto", interpolation="nearest", extent=extent)
     ax.set_yticks(range(len(runs)), labels, fontsize="x-small" if len(runs) > 16 else "small")
@@ -319,7 +320,7 @@ def _draw_timeline(ax: Axes, log: pd.DataFrame, order: Sequence[str]) -> None:
             ax.axhline(row - 0.5, color="white", linewidth=2)
     handles = [Patch(color=c, label=name) for c, name in zip(colors, sets)]
     if np.any(image == len(sets)):
-        handles.append(Patch(color=MIXED, label="several sets within one column (switches faster than the plot resolves)"))
+        handles.append(Patch(color=MIXED, label="several sets per column (faster switching)"))
     ax.legend(handles=handles, fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.0), ncols=min(len(handles), 4),
               borderaxespad=0.3, frameon=False)
     if per_step:
@@ -435,6 +436,7 @@ def plot_run(run: pd.DataFrame, baseline: pd.DataFrame | None, log: pd.DataFrame
     ax = fig.add_subplot(grid[1, :])
     if _has(log, "trainable"):
         _draw_timeline(ax, log, _order(log["variant"], None))
+        ax.set_yticks([0], [ax.get_yticklabels()[0].get_text().split("(")[-1].rstrip(")")])  # the title names the run
     else:
         _not_logged(ax, "trainable groups (trainable)")
     return fig

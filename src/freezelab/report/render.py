@@ -153,6 +153,15 @@ def _config_diff(summaries: pd.DataFrame, run: pd.Series, base: pd.Series | None
     return frame
 
 
+def _cell(value: object) -> str:
+    """A summary value for people: floats to 4 significant digits, a lockstep group as its size and members."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return f"{len(value)} runs: {', '.join(map(str, value))}" if value else "none"
+    return str(value)
+
+
 def _run_pages(c: Collected, base: str | None, dpi: int) -> list[tuple[str, RunPage]]:
     """A page per finished run: summary values, config diff and curves against the baseline's seed."""
     s = c.summaries
@@ -178,11 +187,11 @@ def _run_pages(c: Collected, base: str | None, dpi: int) -> list[tuple[str, RunP
         scalars = {k: run[k] for k in ("final_val_acc", "best_val_acc", "final_test_acc", "step_time_ms",
                                        "avg_epoch_time_s", "total_time_s", "peak_mem_bytes", "switches",
                                        "timed_alone", "lockstep_group", "device") if k in run}
-        values = pd.DataFrame({"value": [str(v) for v in scalars.values()]}, index=pd.Index(list(scalars), name="summary"))
+        values = pd.DataFrame({"value": [_cell(v) for v in scalars.values()]}, index=pd.Index(list(scalars), name="summary"))
         e = html.escape
         body = (
             f'<p><a href="../report.html">← back to the report</a></p><h1>{e(run["run"])}</h1>'
-            f"<h2>Summary</h2>{_html_table(values)}<h2>{e(diff_title)}</h2>{_html_table(diff)}"
+            f"<h2>Summary</h2>{_html_table(values, text=('value',))}<h2>{e(diff_title)}</h2>{_html_table(diff)}"
             f"<h2>Curves</h2><figure>{_img(curves, 'curves')}<figcaption>{e(label)} (blue) and "
             f"{e(base_label or 'no baseline run')} (grey); below, its trainable set over training.</figcaption></figure>"
         )
