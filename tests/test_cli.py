@@ -224,7 +224,7 @@ def test_demo_runs_the_comparison_and_writes_the_report(tmp_path, monkeypatch):
     result = invoke("demo", "--runs-dir", str(tmp_path), "--seeds", "2")
     assert result.exit_code == 0, result.output
     assert "3 schedules x 1 cells x 2 seeds = 6 runs" in result.output
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["alternate-batch", "alternate-epoch", "report", "standard"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["alternate-batch", "alternate-epoch", "experiment.json", "report", "standard"]
     assert (tmp_path / "demo/report/report.html").is_file()
     assert_error(invoke("demo", "--runs-dir", str(tmp_path), "--seeds", "0"), "seeds must be a positive count")
 

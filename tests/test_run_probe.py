@@ -49,6 +49,19 @@ def test_probe_times_each_set_and_the_report_labels_it(tmp_path: Path) -> None:
     assert shown.loc["alternate-epoch", "step time (ms)"] == f"{probe['step_ms']:.3f}"
     assert shown.loc["standard", "timing"] == "shared, not probed" and shown.loc["standard", "step time (ms)"] == "—"
 
+    # `freezelab report --probe` times the variants still without a probe, then reports
+    from typer.testing import CliRunner
+
+    from freezelab.cli import app
+
+    before = read_timing_probe(runs["alternate-epoch"])
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--probe", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"probe: {runs['standard']}" in result.output and "alternate-epoch" not in result.output.split("report:")[0]
+    assert read_timing_probe(runs["alternate-epoch"]) == before  # already probed: left alone
+    cost = (tmp_path / "out" / "report.md").read_text().split("### Cost")[1].split("Comparison first")[0]
+    assert "shared, not probed" not in cost and cost.count("| probe |") == 2
+
 
 def test_probe_refuses_a_folder_without_a_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="has no config.yaml"):

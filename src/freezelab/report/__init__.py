@@ -6,11 +6,11 @@ costs) and ``plots`` (figures) -> ``render`` (files). The report's structure, to
 
 1. facts: run counts, the baseline, the seeds behind each variant;
 2. warnings: runs left out of the comparison, variants whose clock was shared in a lockstep group;
-3. summary table, comparison first: Δ vs the baseline [95% CI], p (t; Wilcoxon with >= 6 seeds),
-   significance ("no spread" / "tie" where the paired differences are equal up to float32
-   rounding); then means ± CI of accuracy and calibration; then "timing" (measured / probe /
-   shared, not probed) and the cost columns, which are measured only where each run was timed
-   alone and otherwise come from the variant's ``timing_probe.json``;
+3. summary, three narrow tables (``table.table_parts``), comparison first: Δ vs the baseline
+   [95% CI], p (t; Wilcoxon with >= 6 seeds), significance ("no spread" / "tie" where the
+   paired differences are equal up to float32 rounding); then means ± CI of accuracy and
+   calibration; then "timing" (measured / probe / shared, not probed) and the cost columns,
+   measured only where each run was timed alone, else from the variant's ``timing_probe.json``;
 4. verdicts, one sentence per variant;
 5. runs not in the comparison, or flagged: failed (with ``failed.json``'s error), unfinished,
    missing (in ``experiment.json`` but no folder) and exploded (``summary["exploded"]``);
@@ -44,7 +44,7 @@ from freezelab.report.plots import (
     plot_timeline,
 )
 from freezelab.report.render import write_report
-from freezelab.report.table import format_table, markdown_table, resolve_baseline, summary_table, verdicts
+from freezelab.report.table import format_table, markdown_table, resolve_baseline, summary_table, table_parts, verdicts
 
 __all__ = [
     "FIGURES",
@@ -66,6 +66,7 @@ __all__ = [
     "plot_timeline",
     "resolve_baseline",
     "summary_table",
+    "table_parts",
     "verdicts",
     "write_report",
 ]

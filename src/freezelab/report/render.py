@@ -22,13 +22,14 @@ from matplotlib.figure import Figure
 from freezelab.files import atomic_write
 from freezelab.report.collect import Collected, collect_all
 from freezelab.report.plots import FIGURES, plot_run
-from freezelab.report.table import format_table, markdown_table, resolve_baseline, summary_table, verdicts
+from freezelab.report.table import format_table, markdown_table, resolve_baseline, summary_table, table_parts, verdicts
 
 __all__ = ["write_report", "render", "render_markdown", "render_html", "Rendered", "RunPage"]
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px; color: #222; padding: 0 1rem; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1rem; margin: 1.2rem 0 0.4rem; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85rem; white-space: nowrap; }
 th, td { border: 1px solid #ddd; padding: 0.3rem 0.5rem; text-align: right; }
@@ -241,7 +242,10 @@ def render_markdown(r: Rendered) -> str:
     """Markdown page: facts, warnings, the headline table, verdicts, runs, and links to the PNGs."""
     parts = [f"# {r.title}", "", *[f"- {fact}" for fact in r.facts], ""]
     parts += [f"> **Note:** {w}" for w in r.warnings] + ([""] if r.warnings else [])
-    parts += ["## Summary", "", markdown_table(r.table), "", f"{TABLE_NOTE} {r.note}.", "", "## Verdicts", ""]
+    parts += ["## Summary", ""]
+    for title, table in table_parts(r.table):
+        parts += [f"### {title}", "", markdown_table(table), ""]
+    parts += [f"{TABLE_NOTE} {r.note}.", "", "## Verdicts", ""]
     parts += [f"- {v}" for v in r.verdicts] + [""]
     flagged = _not_compared(r)
     if not flagged.empty:
@@ -292,7 +296,9 @@ def render_html(r: Rendered) -> str:
     body = (
         f"<h1>{e(r.title)}</h1><ul>{''.join(f'<li>{e(f)}</li>' for f in r.facts)}</ul>"
         + "".join(f'<p class="warn">{e(w)}</p>' for w in r.warnings)
-        + f"<h2>Summary</h2>{_html_table(r.table, variant_links)}<p class=\"note\">{e(TABLE_NOTE)} {e(r.note)}.</p>"
+        + "<h2>Summary</h2>"
+        + "".join(f"<h3>{e(title)}</h3>{_html_table(table, variant_links)}" for title, table in table_parts(r.table))
+        + f"<p class=\"note\">{e(TABLE_NOTE)} {e(r.note)}.</p>"
         f"<h2>Verdicts</h2><ul>{''.join(f'<li>{e(v)}</li>' for v in r.verdicts)}</ul>"
         f"{flagged_html}<h2>Figures</h2>{figures}"
         f"<h2>All runs</h2><p class=\"note\">Each finished run links to its page: config diff against the baseline's "

@@ -28,6 +28,7 @@ __all__ = [
     "resolve_baseline",
     "summary_table",
     "format_table",
+    "table_parts",
     "markdown_table",
     "verdicts",
 ]
@@ -259,6 +260,22 @@ def format_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         c = table[m.label]
         out[m.label] = [_fmt_mean_ci(a, b, d, m.decimals) for a, b, d in zip(c["mean"], c["low"], c["high"])]
     return out
+
+
+def table_parts(shown: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """`format_table`'s columns as three narrow tables a page shows one under the other.
+
+    ``(title, table)`` for the comparison with the baseline, the means, and the costs (with
+    the "timing" column saying where they come from); each keeps the seeds column.
+    """
+    quality = [m.label for m in QUALITY]
+    cost = ["timing", *(m.label for m in COST)]
+    comparison = [c for c in shown.columns if c not in quality and c not in cost]
+    return [
+        ("Comparison with the baseline", shown[comparison]),
+        ("Means over seeds", shown[["seeds", *quality]]),
+        ("Cost", shown[["seeds", *cost]]),
+    ]
 
 
 def _fmt_diff(mean: float, low: float, high: float, decimals: int) -> str:
