@@ -54,14 +54,18 @@ def trainable_set_shares(run: Run) -> dict[frozenset[str], tuple[int, float]]:
 def _timed_steps(run: Run, perm: torch.Tensor, n: int) -> float:
     """Seconds for ``n`` eager steps of the current trainable set (synchronised)."""
     model, fz, x, y, bs = run.model, run.freezer, run.data.train.x, run.data.train.y, run.config.batch_size
+    inputs, spe = run.inputs, run.steps_per_epoch
     cuda = run.device.type == "cuda"
     if cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
-    for i in range(n):
-        idx = perm[(i % run.steps_per_epoch) * bs : (i % run.steps_per_epoch + 1) * bs]
-        loss = model_loss(model, x[idx], y[idx])
+    for i in range(n):  # the eager stepper's step: its input pipeline and precision, without the schedule
+        idx = perm[(i % spe) * bs : (i % spe + 1) * bs]
+        draws = inputs.step_draws(epoch=0, step=i % spe, n=len(idx), device=run.device)
+        xb = inputs.train(x[idx], draws)
+        with inputs.autocast():
+            loss = model_loss(model, xb, y[idx])
         loss.backward()
         fz.optimizer.step()
         fz.optimizer.zero_grad(set_to_none=True)
