@@ -85,3 +85,28 @@ def test_a_lockstep_group_is_recorded_and_each_variant_probed(tmp_path: Path) ->
     _probe_variants(trainings, data)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("timing_probe.json")) == [
         "a/seed0/timing_probe.json", "b/seed0/timing_probe.json"]  # one per variant
+
+
+@pytest.mark.gpu
+def test_a_gpu_lockstep_group_records_itself_and_probes_each_variant(tmp_path: Path) -> None:
+    """On CUDA, runs that share a GraphStepper say so in their summaries and get a probe per variant."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from freezelab.config import RunConfig
+    from freezelab.study import train_together
+
+    gpu = {**TINY, "device": "cuda"}
+    jobs = [(RunConfig.from_dict({**gpu, "variant": v, "seed": s, "schedule": sched}), tmp_path / v / f"seed{s}")
+            for v, sched in (("standard", {"name": "standard"}), ("alternate-epoch", {"name": "alternate", "unit": "epoch"}))
+            for s in (0, 1)]
+    outcomes = train_together(jobs)
+    assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+    for _, run_dir in jobs:
+        summary = record.read_summary(run_dir)
+        assert summary["timed_alone"] is False and len(summary["lockstep_group"]) == 4
+    probed = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("timing_probe.json"))
+    assert probed == ["alternate-epoch/seed0", "standard/seed0"]
+    probe = read_timing_probe(tmp_path / "alternate-epoch" / "seed0")
+    assert "CUDA events" in probe["method"] and all(s["peak_mem_bytes"] > 0 for s in probe["sets"])
