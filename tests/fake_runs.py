@@ -31,6 +31,26 @@ def _trainable(variant: str, epoch: int) -> str:
     return "first+second"
 
 
+def _step_trainable(variant: str, step: int, spe: int) -> str:
+    """The per-step set: ``alternate-batch`` switches every step, other variants as :func:`_trainable`."""
+    if variant.startswith("alternate-batch"):
+        return "first" if step % 2 == 0 else "second"
+    return _trainable(variant, step // spe + 1)
+
+
+def _steps_table(variant: str, epochs: int, spe: int, rng: np.random.Generator) -> pd.DataFrame:
+    """The per-step log the training loop writes (steps.parquet)."""
+    step = np.arange(epochs * spe)
+    return pd.DataFrame({
+        "step": step,
+        "epoch": step // spe + 1,
+        "loss": 1.8 * np.exp(-step / (2.0 * spe)) + 0.25 + rng.normal(0, 0.02, step.size),
+        "trainable": [_step_trainable(variant, int(i), spe) for i in step],
+        "trainable_fraction": 1.0,
+        "step_time_s": rng.uniform(0.001, 0.002, step.size),
+    })
+
+
 def _epochs_table(variant: str, seed: int, epochs: int, with_optional: bool, rng: np.random.Generator) -> pd.DataFrame:
     """One row per epoch; the variant shifts accuracy slightly so paired tests have a signal."""
     e = np.arange(1, epochs + 1)
@@ -121,12 +141,18 @@ def make_fake_runs(
     epochs: int = 5,
     with_optional: bool = True,
     experiment: str = "fake",
+    steps_per_epoch: int = 0,
+    lockstep: bool = False,
 ) -> list[Path]:
     """Write finished run folders ``root/<experiment>/<variant>/seed<N>/`` (the runner's layout).
 
     Each variant's schedule is named after the variant, so "standard" is the default baseline.
     ``with_optional=False`` leaves out everything a minimal logger might skip: lr, trainable,
-    per-layer columns, ECE and the reliability bins.
+    per-layer columns, ECE and the reliability bins. ``steps_per_epoch > 0`` writes a per-step
+    log (``alternate-batch*`` variants switch every step). ``lockstep=True`` makes every run one
+    of a lockstep group, as the lockstep driver records it (``plan.json`` key, ``timed_alone:
+    false``, ``lockstep_group``), with the group's shared time and memory; `write_probe` adds
+    the timing probe.
 
     Example: ``make_fake_runs(tmp_path, variants=("standard",), seeds=(0,), epochs=1)``.
     """
@@ -153,7 +179,47 @@ def make_fake_runs(
             }
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             ep = _epochs_table(variant, seed, epochs, with_optional, rng)
+            summary = _summary(ep, with_optional, rng)
+            plan = {"device": "cuda:0" if lockstep else "cpu", "lockstep_key": ["fashion_mnist", 128, epochs] if lockstep else None}
+            if lockstep:  # the group's clock and the process-wide peak: the same for every member
+                ep["epoch_time_s"] = 0.5
+                summary |= {"avg_epoch_time_s": 0.5, "total_time_s": 0.5 * epochs, "throughput_samples_per_s": 82506.0,
+                            "step_time_ms": 1.18, "peak_mem_bytes": 900 * 2**20, "timed_alone": False,
+                            "lockstep_group": [f"{v}/seed{s}" for v in variants for s in seeds]}
             ep.to_parquet(run_dir / "epochs.parquet", index=False)
-            (run_dir / "summary.json").write_text(json.dumps(_summary(ep, with_optional, rng), indent=2))
+            (run_dir / "plan.json").write_text(json.dumps(plan))
+            if steps_per_epoch:
+                _steps_table(variant, epochs, steps_per_epoch, rng).to_parquet(run_dir / "steps.parquet", index=False)
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             paths.append(run_dir)
     return paths
+
+
+def write_probe(run_dir: Path, step_ms: float, peak_mib: float = 250.0) -> None:
+    """A ``timing_probe.json`` as :func:`freezelab.run.probe.write_timing_probe` writes it."""
+    probe = {"method": "eager steps timed alone with CUDA events after warm-up", "device": "fake GPU", "steps": 20,
+             "warmup": 5, "batch_size": 128, "sets": [{"trainable": "first+second", "share": 1.0, "step_ms": step_ms,
+                                                      "peak_mem_bytes": int(peak_mib * 2**20)}],
+             "step_ms": step_ms, "throughput_samples_per_s": 128_000 / step_ms, "peak_mem_bytes": int(peak_mib * 2**20)}
+    (run_dir / "timing_probe.json").write_text(json.dumps(probe))
+
+
+def fail_run(run_dir: Path, error: str, epochs_finished: int) -> None:
+    """Turn a finished fake run into one that failed after ``epochs_finished`` epochs, as the runner records it."""
+    (run_dir / "summary.json").unlink()
+    ep = pd.read_parquet(run_dir / "epochs.parquet").head(epochs_finished)
+    ep.to_parquet(run_dir / "epochs.parquet", index=False)
+    (run_dir / "failed.json").write_text(json.dumps({"error": error, "epochs_finished": epochs_finished}))
+
+
+def tie_with(run_dirs: Sequence[Path], base_dirs: Sequence[Path], delta: float) -> None:
+    """Make each run's final accuracies the baseline's plus ``delta``, computed in float32 as devices do.
+
+    The differences are then equal up to float32 rounding on every seed: a tie, with no spread.
+    """
+    for run_dir, base_dir in zip(run_dirs, base_dirs):
+        base = json.loads((base_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        for key in ("final_val_acc", "final_test_acc"):
+            summary[key] = float(np.float32(base[key]) + np.float32(delta))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,6 +18,7 @@ from freezelab.run import record as run_folder
 from freezelab.cli import app
 
 from conftest import data_root
+from fake_runs import make_fake_runs
 
 TINY_SET = ["--set", "model_args={hidden: [32, 32]}", "--set", "lr=1e-2", "--set", "batch_size=64"]
 EXPERIMENT = """\
@@ -198,6 +199,14 @@ def test_run_missing_file_and_report_without_runs(tmp_path):
     assert_error(invoke("report", str(tmp_path / "empty")), "no finished runs under")
 
 
+def test_report_baseline_option_pairs_with_the_named_variant(tmp_path):
+    make_fake_runs(tmp_path, variants=("standard", "warmup"), seeds=(0, 1), epochs=1, with_optional=False)
+    result = invoke("report", str(tmp_path), "--baseline", "warmup", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "standard vs warmup" in (tmp_path / "out" / "report.md").read_text()
+    assert_error(invoke("report", str(tmp_path), "--baseline", "lisa"), "--baseline 'lisa' names no single variant")
+
+
 @pytest.mark.slow
 def test_shipped_seed001_config_runs_on_a_sliver_of_mnist(tmp_path):
     root = data_root()
@@ -220,7 +229,7 @@ def test_demo_runs_the_comparison_and_writes_the_report(tmp_path, monkeypatch):
     result = invoke("demo", "--runs-dir", str(tmp_path), "--seeds", "2")
     assert result.exit_code == 0, result.output
     assert "3 schedules x 1 cells x 2 seeds = 6 runs" in result.output
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["alternate-batch", "alternate-epoch", "report", "standard"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["alternate-batch", "alternate-epoch", "experiment.json", "report", "standard"]
     assert (tmp_path / "demo/report/report.html").is_file()
     assert_error(invoke("demo", "--runs-dir", str(tmp_path), "--seeds", "0"), "seeds must be a positive count")
 

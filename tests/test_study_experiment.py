@@ -6,6 +6,7 @@ so these tests take milliseconds.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,25 @@ def test_shipped_configs_match_their_seeds():
     assert (c.dataset, c.recipe, c.model, c.optimizer, c.lr, c.batch_size) == ("mnist", "mnist10k_80_20", "seed001_mlp", "adam", 0.001, 128)
     seed004 = load_experiment(next(p for p in CONFIGS if p.stem == "seed004_fashion")).configs()
     assert len(seed004) == 6 * 2 * 5 and "relu_adam_standard" in {c.variant for c in seed004}
+
+
+# --- baseline ---------------------------------------------------------------------------------
+
+
+def test_baseline_names_a_variant_and_is_written_to_the_manifest(tmp_path):
+    grid = {"schedules": {"standard": {"name": "standard"}}, "grid": {"optimizer": ["sgd", "adam"]},
+            "variant": "{optimizer}_{schedule}"}
+    e = exp(**grid, baseline="adam_standard")
+    assert e.baseline == "adam_standard"
+    manifest = json.loads(e.write_manifest(tmp_path).read_text())
+    assert manifest["baseline"] == "adam_standard" and manifest["variants"] == ["sgd_standard", "adam_standard"]
+    one_line_error(exp, **grid, baseline="adam", match="baseline 'adam' is not a variant; choose one of")
+
+
+def test_a_narrowed_grid_keeps_the_baseline_checked_on_the_whole_grid(tmp_path):
+    path = write(tmp_path, "experiment: t\nbase: {dataset: digits, epochs: 1}\ngrid: {optimizer: [sgd, adam]}\n"
+                           "variant: '{optimizer}'\nbaseline: adam\n")
+    narrowed = load_experiment(path, {"optimizer": "sgd"})
+    assert narrowed.variants() == ["sgd"] and narrowed.baseline == "adam"
+    bad = write(tmp_path, path.read_text().replace("baseline: adam", "baseline: lion"), "bad.yaml")
+    one_line_error(load_experiment, bad, {"optimizer": "sgd"}, match="baseline 'lion' is not a variant")

@@ -6,6 +6,7 @@ seconds apart from the two-worker test, which pays for starting two Python proce
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +44,14 @@ def finished(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     run_experiment(tiny(), root)
     return root
+
+
+def test_the_runner_writes_the_manifest_and_runs_say_they_were_timed_alone(finished):
+    manifest = json.loads((finished / "tiny/experiment.json").read_text())
+    assert manifest == {"experiment": "tiny", "baseline": None, "variants": ["standard", "alternate-epoch"], "seeds": [0, 1]}
+    summary = run_folder.read_summary(finished / "tiny/standard/seed0")
+    assert summary["timed_alone"] is True and summary["lockstep_group"] == []  # CPU: never in a lockstep group
+    assert epochs_of(finished / "tiny/standard/seed0")["timed_alone"].tolist() == [True] * 3
 
 
 def test_one_folder_per_run_in_the_documented_layout(finished):
@@ -132,11 +141,13 @@ def test_failing_run_is_reported_the_others_finish_and_a_rerun_resumes_it(tmp_pa
     assert failed.error == "RuntimeError: power cut"
     cut = tmp_path / "tiny/alternate-epoch/seed0"
     assert not run_folder.is_finished(cut) and epochs_of(cut)["epoch"].tolist() == [1]
+    assert run_folder.read_failure(cut) == {"error": "RuntimeError: power cut", "epochs_finished": 1}  # for the report
 
     trained.clear()
     monkeypatch.setattr(run_folder, "save_progress", record)
     second = run_experiment(tiny(base=every_epoch), tmp_path)
     assert statuses(second, tmp_path)["tiny/alternate-epoch/seed0"] == "done"
+    assert run_folder.read_failure(cut) is None  # finished now: the old failure is gone
     assert sorted(s for s in statuses(second, tmp_path).values()) == ["done", "skipped", "skipped", "skipped"]
     assert trained == [("tiny/alternate-epoch/seed0", 1), ("tiny/alternate-epoch/seed0", 2)]  # epochs 2 and 3 only
     uninterrupted = train({**BASE, "seed": 0, "schedule": SCHEDULES["alternate-epoch"]}, progress=False).epochs

@@ -264,12 +264,34 @@ def _write_report(folder: Path) -> None:
     typer.echo(f"report: {path}")
 
 
+def _probe_shared_variants(runs_dir: Path) -> None:
+    """Write ``timing_probe.json`` for the lowest seed of each variant not timed alone and not yet probed."""
+    from .report import collect_all
+    from .run.build import SharedData
+    from .run.probe import write_timing_probe
+
+    c = collect_all(runs_dir)
+    data = SharedData()
+    shared = c.summaries[~c.summaries["timed_alone"].astype(bool)].sort_values("seed")
+    for variant, rows in shared.groupby("variant"):
+        if variant not in c.probes:
+            run_dir = runs_dir / rows["run"].iloc[0]
+            step_ms = write_timing_probe(run_dir, data=data)["step_ms"]
+            typer.echo(f"probe: {run_dir}  {step_ms:.3f} ms per step")
+
+
 @app.command()
 def report(
     runs_dir: Path = typer.Argument(..., help="Folder of run folders (an experiment folder or a whole runs dir)."),
     out: Optional[Path] = typer.Option(None, help="Where to write report.html/report.md/PNGs (default RUNS_DIR/report)."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Variant (or schedule of one variant) to pair the others with; default: the experiment file's "
+        "`baseline`, else `standard`."),
+    probe: bool = typer.Option(
+        False, help="First time each variant whose runs shared a lockstep group and have no timing probe "
+        "(a few steps per trainable set, alone, on the run's device: run it on the machine that trained them)."),
 ) -> None:
-    """Write the comparison report: curves with 95% CI over seeds, gradient flow, timeline, Pareto, reliability, table."""
+    """Write the comparison report: paired tests vs a baseline, curves with 95% CI over seeds, timeline, per-run pages."""
     from .report import write_report
 
     from .run.record import check_writable
@@ -278,7 +300,9 @@ def report(
         _fail(f"{runs_dir} does not exist; run `freezelab run CONFIG` first")
     try:
         check_writable(out if out is not None else runs_dir / "report")  # before reading every run
-        path = write_report(runs_dir, out)
+        if probe:
+            _probe_shared_variants(runs_dir)
+        path = write_report(runs_dir, out, baseline=baseline)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"report: {path}")

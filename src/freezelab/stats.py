@@ -76,7 +76,9 @@ def paired_test(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series, 
     Plain sequences are paired by position. Returns a dict with ``n``, ``seeds`` (aligned
     index labels, or None for sequences), ``mean_diff``, ``ci_low``, ``ci_high``,
     ``t_pvalue`` (paired t-test, NaN when n < 2 or all differences are equal, where t is
-    undefined) and ``wilcoxon_pvalue`` (None when n < 6; NaN when every difference is zero).
+    undefined), ``no_spread`` (True when n >= 2 and the differences are equal up to float32
+    rounding: the reason ``t_pvalue`` is NaN, which the report states) and ``wilcoxon_pvalue``
+    (None when n < 6; NaN when every difference is zero).
 
     >>> r = paired_test(pd.Series([0.90, 0.91, 0.92]), pd.Series([0.89, 0.91, 0.90]))
     >>> r["n"], round(r["mean_diff"], 4)
@@ -107,6 +109,7 @@ def paired_test(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series, 
         "ci_low": low,
         "ci_high": high,
         "t_pvalue": t_p,
+        "no_spread": bool(n >= 2 and degenerate),
         "wilcoxon_pvalue": wilcoxon_p,
     }
 

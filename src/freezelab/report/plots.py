@@ -4,6 +4,9 @@ Figures are built with `matplotlib.figure.Figure` directly rather than pyplot, s
 kept in a global figure registry and no GUI backend is needed (saving uses Agg). Every figure
 must draw for one run, one epoch, or a logger that skipped optional columns; what is missing
 is shown as "not logged" in the panel instead of raising, so one gap never loses the report.
+Every figure must also stay readable from 1 to 60 runs: colours come from a palette as long
+as the variant list (`_color`), a legend of more than a few entries moves beside the axes in
+columns (`_legend`), and the timeline is one row per run.
 
 >>> epochs, summaries = collect_runs("runs/grid")  # doctest: +SKIP
 >>> plot_accuracy(epochs, order=["standard", "alternate-epoch"]).savefig("accuracy.png")  # doctest: +SKIP
@@ -16,8 +19,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap, to_hex
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from freezelab.stats import curve_band
@@ -33,6 +39,7 @@ __all__ = [
     "plot_timeline",
     "plot_pareto",
     "plot_reliability",
+    "plot_run",
 ]
 
 GRAD = "grad_mean_abs:"
@@ -48,16 +55,48 @@ def _order(variants: Sequence[str] | pd.Series, order: Sequence[str] | None) -> 
     return [v for v in order if v in present]
 
 
+def _palette(n: int) -> list[str]:
+    """``n`` distinct colours: tab10 up to 10, tab20 up to 20, then evenly spaced along turbo."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [to_hex(colormaps["tab20"](i)) for i in range(n)]
+    return [to_hex(colormaps["turbo"](x)) for x in np.linspace(0.05, 0.95, n)]
+
+
 def _color(variant: str, order: Sequence[str]) -> str:
     """The same variant gets the same colour in every figure, because ``order`` is shared."""
-    return f"C{list(order).index(variant) % 10}"
+    return _palette(len(order))[list(order).index(variant)]
+
+
+#: Legends with more entries than this go beside the axes, in columns, so they hide no data.
+LEGEND_INSIDE = 6
+
+
+def _legend(ax: Axes, **kwargs: object) -> None:
+    """A legend inside the axes for a few entries, beside it in columns of 20 for many."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n == 0:
+        return
+    if n <= LEGEND_INSIDE:
+        ax.legend(fontsize="small", **kwargs)
+    else:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=math.ceil(n / 20),
+                  borderaxespad=0, **kwargs)
 
 
 def _figure(n_panels: int, ncols: int = 3, sharey: bool = False) -> tuple[Figure, list[Axes]]:
-    """A grid of panels with constrained layout; returns the axes as a flat list."""
+    """A grid of panels with constrained layout; returns the axes as a flat list.
+
+    Many panels (one per variant of a big grid) get more, smaller columns, so 60 variants make
+    a page of thumbnails rather than a 60-inch strip.
+    """
+    if n_panels > 12:
+        ncols = 6
     ncols = max(1, min(ncols, n_panels))
     nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), layout="constrained")
+    scale = 0.7 if n_panels > 12 else 1.0
+    fig = Figure(figsize=(PANEL[0] * ncols * scale, PANEL[1] * nrows * scale), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel().tolist()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
@@ -104,7 +143,7 @@ def _band_panel(ax: Axes, epochs: pd.DataFrame, y: str, order: Sequence[str], sc
         ax.fill_between(b["epoch"], b["low"] * scale, b["high"] * scale, color=color, alpha=0.2, linewidth=0)
     _epoch_axis(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
 
 
 def plot_loss(epochs: pd.DataFrame, order: Sequence[str] | None = None) -> Figure:
@@ -142,7 +181,7 @@ def plot_lr(epochs: pd.DataFrame, order: Sequence[str] | None = None) -> Figure:
     ax.set(title="learning rate", ylabel="lr")
     _epoch_axis(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     return fig
 
 
@@ -171,7 +210,7 @@ def _per_layer_panels(epochs: pd.DataFrame, columns: list[str], order: list[str]
         ax.set(title=f"{title}: {variant}", ylabel=ylabel)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    _legend(axes[0])
     return fig
 
 
@@ -214,44 +253,81 @@ def plot_grad_final(epochs: pd.DataFrame, order: Sequence[str] | None = None) ->
     ax.set_xticks(x + width * (len(order) - 1) / 2, [c.split(":", 1)[1] for c in columns], rotation=30)
     ax.set(title="final-epoch gradient magnitude", ylabel="mean |grad|")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize="small")
+    _legend(ax)
     return fig
 
 
-def _groups(trainable: pd.Series) -> list[str]:
-    """Group names in order of first appearance across the ``a+b`` strings."""
-    seen: dict[str, None] = {}
-    for value in trainable.dropna():
-        seen |= dict.fromkeys(g.strip() for g in str(value).split("+") if g.strip())
-    return list(seen)
+#: Columns of the timeline image at most: a switch per batch becomes a "several sets" column.
+TIMELINE_BINS = 600
+MIXED = "0.15"  # the colour of a column in which the trainable set changed
 
 
-def plot_timeline(epochs: pd.DataFrame, order: Sequence[str] | None = None) -> Figure:
-    """Which groups trained in which epoch, one panel per variant (its lowest seed).
+def _run_order(log: pd.DataFrame, order: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(run, variant, seed)`` of every run, variants in ``order``, seeds ascending."""
+    runs = log[["run", "variant", "seed"]].drop_duplicates()
+    rank = {v: i for i, v in enumerate(order)}
+    runs = runs.assign(rank=runs["variant"].map(rank)).sort_values(["rank", "seed", "run"])
+    return list(runs[["run", "variant", "seed"]].itertuples(index=False, name=None))
 
-    Drawn from the ``trainable`` column, i.e. the set at the end of each epoch; a schedule that
-    switches within an epoch shows only where it ended.
+
+def plot_timeline(log: pd.DataFrame, order: Sequence[str] | None = None) -> Figure:
+    """The trainable set over training, one row per run (every seed), one colour per set.
+
+    ``log`` is the per-step log (``steps``: a ``step`` column) or, for runs that kept none, the
+    epoch log, which holds only the set at the end of each epoch (the axis label says so). Each
+    column of the image covers an equal span of steps; a column in which the set changed is
+    drawn dark ("several sets"), so alternation per batch reads as a dark band and alternation
+    per epoch as blocks. Each row's label counts its switches.
     """
-    if not _has(epochs, "trainable"):
+    if not _has(log, "trainable"):
         return _placeholder_figure("trainable groups (trainable)")
-    order = _order(epochs["variant"], order)
-    groups = _groups(epochs.sort_values("epoch")["trainable"])
-    fig = Figure(figsize=(PANEL[0] * 1.6, 0.6 + (0.35 * len(groups) + 0.6) * len(order)), layout="constrained")
-    axes = fig.subplots(len(order), 1, sharex=True, squeeze=False).ravel()
-    for ax, variant in zip(axes, order):
-        rows = epochs[epochs["variant"] == variant]
-        seed = rows["seed"].min()
-        first = rows[rows["seed"] == seed]
-        for i, group in enumerate(groups):
-            spans = [(e - 0.5, 1) for e, t in zip(first["epoch"], first["trainable"]) if group in str(t).split("+")]
-            ax.broken_barh(spans, (i - 0.4, 0.8), color=_color(variant, order))
-        ax.set_yticks(range(len(groups)), groups)
-        ax.set_ylim(len(groups) - 0.4, -0.6)  # first group on top, as in the model
-        ax.set_title(f"{variant} (seed {seed})", fontsize="medium", loc="left")
-        ax.grid(alpha=0.3, axis="x")
-    _epoch_axis(axes[-1])
-    axes[-1].set_xlim(0.5, epochs["epoch"].max() + 0.5)
+    n_runs = log["run"].nunique() if "run" in log else 1
+    fig = Figure(figsize=(PANEL[0] * 2.4, 1.4 + 0.22 * n_runs), layout="constrained")
+    _draw_timeline(fig.subplots(), log, _order(log["variant"], order))
     return fig
+
+
+def _draw_timeline(ax: Axes, log: pd.DataFrame, order: Sequence[str]) -> None:
+    """Draw :func:`plot_timeline`'s image into ``ax``."""
+    per_step = "step" in log
+    x = "step" if per_step else "epoch"
+    log = log.dropna(subset=["trainable"]).sort_values(x)
+    sets = list(dict.fromkeys(log["trainable"].astype(str)))
+    set_id = {name: i for i, name in enumerate(sets)}
+    first, total = int(log[x].min()), int(log[x].max() - log[x].min()) + 1
+    per_bin = math.ceil(total / TIMELINE_BINS)  # whole steps per column, so no column is a lone step by rounding
+    bins = math.ceil(total / per_bin)
+    runs = _run_order(log, order)
+    image = np.full((len(runs), bins), np.nan)
+    labels = []
+    for row, (run, variant, seed) in enumerate(runs):
+        r = log[log["run"] == run]
+        ids = r["trainable"].astype(str).map(set_id).to_numpy()
+        where = (r[x].to_numpy() - first) // per_bin
+        low, high = np.full(bins, len(sets)), np.full(bins, -1)
+        np.minimum.at(low, where, ids)
+        np.maximum.at(high, where, ids)
+        image[row] = np.where(high < 0, np.nan, np.where(low == high, low, len(sets)))
+        switches = int((ids[1:] != ids[:-1]).sum())
+        labels.append(f"{variant}  seed {seed}  ({switches} switch{'es' if switches != 1 else ''})")
+    colors = _palette(len(sets)) + [MIXED]
+    extent = (first - 0.5, first + bins * per_bin - 0.5, len(runs) - 0.5, -0.5)
+    ax.imshow(np.ma.masked_invalid(image), cmap=ListedColormap(colors), vmin=-0.5, vmax=len(sets) + 0.5,
+              aspect="auto", interpolation="nearest", extent=extent)
+    ax.set_yticks(range(len(runs)), labels, fontsize="x-small" if len(runs) > 16 else "small")
+    for row in range(1, len(runs)):  # a line between variants groups their seeds
+        if runs[row][1] != runs[row - 1][1]:
+            ax.axhline(row - 0.5, color="white", linewidth=2)
+    handles = [Patch(color=c, label=name) for c, name in zip(colors, sets)]
+    if np.any(image == len(sets)):
+        handles.append(Patch(color=MIXED, label="several sets per column (faster switching)"))
+    ax.legend(handles=handles, fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.0), ncols=min(len(handles), 4),
+              borderaxespad=0.3, frameon=False)
+    if per_step:
+        ax.set_xlabel("optimizer step")
+    else:
+        ax.set_xlabel("epoch (the set at the end of each epoch: no per-step log, switches within an epoch are not shown)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _pareto_front(points: pd.DataFrame) -> pd.DataFrame:
@@ -273,6 +349,19 @@ def plot_pareto(epochs: pd.DataFrame, order: Sequence[str] | None = None) -> Fig
     if not (_has(epochs, "epoch_time_s") and _has(epochs, "val_acc")):
         return _placeholder_figure("accuracy vs time (epoch_time_s, val_acc)")
     order = _order(epochs["variant"], order)
+    title = "val accuracy vs training time"
+    if "timed_alone" in epochs:  # a run timed in a lockstep group has the group's clock, not its own
+        shared = epochs.loc[~epochs["timed_alone"].astype(bool), "run"].nunique()
+        epochs = epochs[epochs["timed_alone"].astype(bool)]
+        if epochs.empty:
+            fig, (ax,) = _figure(1)
+            ax.text(0.5, 0.5, "every run was timed in a lockstep group:\nits clock is the group's, so times compare nothing\n"
+                    "(the table's cost columns use the timing probe)", ha="center", va="center",
+                    transform=ax.transAxes, color="0.3")
+            ax.set(title=title, xticks=[], yticks=[])
+            return fig
+        if shared:
+            title += f" ({shared} runs timed in lockstep left out)"
     fig, (ax,) = _figure(1)
     finals = []
     for (variant, _), run in epochs.sort_values("epoch").groupby(["variant", "run"], sort=False):
@@ -287,9 +376,9 @@ def plot_pareto(epochs: pd.DataFrame, order: Sequence[str] | None = None) -> Fig
     front = _pareto_front(points.dropna())
     if not front.empty:
         ax.step(front["time"], front["acc"], where="post", color="black", linestyle="--", linewidth=1, label="Pareto front")
-    ax.set(title="val accuracy vs training time", xlabel="cumulative epoch time (s)", ylabel="val accuracy (%)")
+    ax.set(title=title, xlabel="cumulative epoch time (s)", ylabel="val accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     return fig
 
 
@@ -320,16 +409,47 @@ def plot_reliability(summaries: pd.DataFrame, order: Sequence[str] | None = None
         ax.plot(bins["conf"], bins["acc"], marker="o", markersize=3, color=_color(variant, order), label=label)
     ax.set(title="reliability (test)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), aspect="equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     return fig
 
 
-# (file stem, caption, function, table it reads): the renderer draws these in this order.
+def plot_run(run: pd.DataFrame, baseline: pd.DataFrame | None, log: pd.DataFrame, label: str,
+             baseline_label: str | None) -> Figure:
+    """One run's page figure: train loss and val accuracy beside the baseline's run of the same
+    seed, and the run's trainable-set timeline (``log``: its steps, or its epochs).
+
+    A fixed layout rather than a constrained one: a report draws one of these per run, and
+    constrained layout is most of a figure's drawing time.
+    """
+    fig = Figure(figsize=(PANEL[0] * 2, PANEL[1] + 1.6))
+    grid = fig.add_gridspec(2, 2, height_ratios=[PANEL[1], 0.7], left=0.2, right=0.97, top=0.9, bottom=0.1,
+                            hspace=0.9, wspace=0.25)
+    for col, (column, scale, title) in enumerate((("train_loss", 1.0, "train loss"), ("val_acc", 100.0, "val accuracy (%)"))):
+        ax = fig.add_subplot(grid[0, col])
+        ax.set_title(title)
+        for frame, name, color in ((baseline, baseline_label, "0.5"), (run, label, "C0")):
+            if frame is not None and _has(frame, column):
+                ax.plot(frame["epoch"], frame[column] * scale, marker="o", markersize=3, color=color, label=name)
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    ax = fig.add_subplot(grid[1, :])
+    if _has(log, "trainable"):
+        _draw_timeline(ax, log, _order(log["variant"], None))
+        ax.set_yticks([0], [ax.get_yticklabels()[0].get_text().split("(")[-1].rstrip(")")])  # the title names the run
+    else:
+        _not_logged(ax, "trainable groups (trainable)")
+    return fig
+
+
+# (file stem, caption, function, table it reads): the renderer draws these in this order; a table
+# that is absent (no run kept a per-step log) falls back to "epochs".
 FIGURES: list[tuple[str, str, Callable[..., Figure], str]] = [
     ("loss", "Train and validation loss: mean over seeds, shaded 95% CI (t).", plot_loss, "epochs"),
     ("accuracy", "Validation and test accuracy: mean over seeds, shaded 95% CI (t).", plot_accuracy, "epochs"),
     ("lr", "Learning rate per epoch.", plot_lr, "epochs"),
-    ("timeline", "Which parameter groups were trainable at the end of each epoch (lowest seed per variant).", plot_timeline, "epochs"),
+    ("timeline", "Trainable set over training, one row per run: from the per-step log where kept (every switch), "
+     "else the set at the end of each epoch; dark columns hold several sets.", plot_timeline, "steps"),
     ("grad_flow", "Gradient flow: mean |grad| per weight over epochs, mean over seeds (log scale; zero gradients are not drawn).", plot_grad_flow, "epochs"),
     ("grad_final", "Final-epoch mean |grad| per weight, mean over seeds; a missing bar is a zero gradient.", plot_grad_final, "epochs"),
     ("dead_units", "Dead units (%) per activation layer over epochs, mean over seeds.", plot_dead_units, "epochs"),

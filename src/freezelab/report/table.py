@@ -1,7 +1,14 @@
-"""The headline table: per-variant means with t intervals, and paired differences vs the baseline.
+"""The headline table: paired differences vs the baseline first, then per-variant means and costs.
 
 The numeric table (`summary_table`) and its printable form (`format_table`, `markdown_table`)
 are kept apart so code can test or re-plot the numbers while people read the strings.
+
+What the table refuses to say: a p-value where the paired differences have no spread (equal
+on every seed up to float32 rounding; the cell reads "no spread"), and a speed or memory
+figure that is not a run's own. Runs trained in a lockstep group share one clock and one
+device, so their measured times are the group's; for those variants the cost columns come
+from the variant's timing probe (`freezelab.run.probe`) and the "timing" column says
+"probe", or read "—" with "shared, not probed" when there is none.
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ from freezelab.stats import mean_ci, paired_test
 
 __all__ = [
     "METRICS",
+    "QUALITY",
+    "COST",
     "PAIRED",
     "resolve_baseline",
     "summary_table",
     "format_table",
+    "table_parts",
     "markdown_table",
     "verdicts",
 ]
@@ -32,28 +42,37 @@ class Metric:
     label: str
     scale: float = 1.0
     decimals: int = 2
+    probe: str | None = None  # the key of timing_probe.json that estimates it (cost metrics only)
 
 
-METRICS = [
+#: What a run learned: means over seeds.
+QUALITY = [
     Metric("final_val_acc", "final val acc (%)", 100),
     Metric("best_val_acc", "best val acc (%)", 100),
     Metric("final_test_acc", "final test acc (%)", 100),
     Metric("epoch_to_90pct_best", "epoch to 90% best", 1, 1),
     Metric("stability", "stability", 1, 3),
-    Metric("avg_epoch_time_s", "epoch time (s)", 1, 2),
-    Metric("total_time_s", "total time (s)", 1, 1),
-    Metric("throughput_samples_per_s", "throughput (samples/s)", 1, 0),
-    Metric("peak_mem_bytes", "peak mem (MiB)", 1 / 2**20, 0),
     Metric("test_ece", "test ECE", 1, 4),
 ]
+#: What it cost: measured where each run was timed alone, else from the variant's timing probe.
+COST = [
+    Metric("step_time_ms", "step time (ms)", 1, 3, probe="step_ms"),
+    Metric("throughput_samples_per_s", "throughput (samples/s)", 1, 0, probe="throughput_samples_per_s"),
+    Metric("peak_mem_bytes", "peak mem (MiB)", 1 / 2**20, 0, probe="peak_mem_bytes"),
+    Metric("avg_epoch_time_s", "epoch time (s)", 1, 2),
+    Metric("total_time_s", "total time (s)", 1, 1),
+]
+METRICS = QUALITY + COST
 # Paired differences vs the baseline, in percentage points.
 PAIRED = [
     Metric("final_val_acc", "Δ final val acc (pp)", 100),
     Metric("final_test_acc", "Δ final test acc (pp)", 100),
 ]
 STATS = ["mean", "low", "high"]
-PAIRED_STATS = ["mean", "low", "high", "p_t", "p_wilcoxon", "n"]
+PAIRED_STATS = ["mean", "low", "high", "p_t", "p_wilcoxon", "n", "no_spread"]
 DASH = "—"
+#: The "timing" column: where a variant's cost figures come from.
+TIMING = {"measured": "measured", "probe": "probe", "shared": "shared, not probed"}
 
 
 def resolve_baseline(summaries: pd.DataFrame, baseline: str = "standard") -> tuple[str | None, str]:
@@ -93,13 +112,40 @@ def _per_seed(summaries: pd.DataFrame, variant: str, key: str) -> pd.Series:
     return pd.Series(pd.to_numeric(values, errors="coerce").to_numpy(float), index=rows["seed"].to_numpy())
 
 
-def summary_table(summaries: pd.DataFrame, baseline: str = "standard", confidence: float = 0.95) -> pd.DataFrame:
+def timing_source(summaries: pd.DataFrame, variant: str, probes: dict[str, dict] | None) -> str:
+    """``measured`` if every run of the variant was timed alone, else ``probe`` or ``shared`` (no probe)."""
+    rows = summaries[summaries["variant"] == variant]
+    alone = rows["timed_alone"] if "timed_alone" in rows else pd.Series(True, index=rows.index)
+    if bool(alone.fillna(False).astype(bool).all()):
+        return "measured"
+    return "probe" if probes and variant in probes else "shared"
+
+
+def _cost_cells(summaries: pd.DataFrame, variant: str, source: str, probe: dict | None, confidence: float) -> dict:
+    """Cost columns of one variant from the source :func:`timing_source` chose; NaN where it has none."""
+    cells = {}
+    for m in COST:
+        if source == "measured":
+            values = np.multiply(mean_ci(_per_seed(summaries, variant, m.key), confidence), m.scale)
+        elif source == "probe" and m.probe and probe and probe.get(m.probe) is not None:
+            values = (float(probe[m.probe]) * m.scale, float("nan"), float("nan"))
+        else:
+            values = (float("nan"),) * 3
+        cells |= {(m.label, s): float(v) for s, v in zip(STATS, values)}
+    return cells
+
+
+def summary_table(summaries: pd.DataFrame, baseline: str = "standard", confidence: float = 0.95,
+                  probes: dict[str, dict] | None = None) -> pd.DataFrame:
     """Numeric headline table: one row per variant (baseline first), columns in display units.
 
-    Columns are a MultiIndex: ``("seeds", "n")``; ``(metric label, "mean"|"low"|"high")`` for
-    each of `METRICS`; ``(Δ label, "mean"|"low"|"high"|"p_t"|"p_wilcoxon"|"n")`` for each of
-    `PAIRED`, computed on the seeds shared with the baseline. ``attrs`` holds ``baseline``
-    (variant or None), ``note`` and ``confidence``.
+    Columns are a MultiIndex: ``("seeds", "n")``; ``(Δ label, "mean"|"low"|"high"|"p_t"|
+    "p_wilcoxon"|"n"|"no_spread")`` for each of `PAIRED`, computed on the seeds shared with the
+    baseline; ``(metric label, "mean"|"low"|"high")`` for each of `QUALITY` and `COST`. Cost
+    columns are measured means where the variant's runs were timed alone, the probe's figure
+    (no interval) where they shared a lockstep group and ``probes`` has the variant, else NaN.
+    ``attrs`` holds ``baseline`` (variant or None), ``note``, ``confidence`` and ``timing``
+    (variant -> "measured" | "probe" | "shared").
 
     >>> table = summary_table(summaries)  # doctest: +SKIP
     >>> table.loc["alternate-epoch", ("Δ final val acc (pp)", "p_t")]  # doctest: +SKIP
@@ -108,19 +154,21 @@ def summary_table(summaries: pd.DataFrame, baseline: str = "standard", confidenc
     base, note = resolve_baseline(summaries, baseline)
     others = sorted(v for v in summaries["variant"].unique() if v != base)
     order = ([base] if base else []) + others
-    rows = {}
+    rows, timing = {}, {}
     for variant in order:
         row: dict[tuple[str, str], float] = {("seeds", "n"): float((summaries["variant"] == variant).sum())}
-        for m in METRICS:
-            mean_low_high = np.multiply(mean_ci(_per_seed(summaries, variant, m.key), confidence), m.scale)
-            row |= {(m.label, s): float(v) for s, v in zip(STATS, mean_low_high)}
         for m in PAIRED:
             row |= _paired_cells(summaries, variant, base, m, confidence)
+        for m in QUALITY:
+            mean_low_high = np.multiply(mean_ci(_per_seed(summaries, variant, m.key), confidence), m.scale)
+            row |= {(m.label, s): float(v) for s, v in zip(STATS, mean_low_high)}
+        timing[variant] = timing_source(summaries, variant, probes)
+        row |= _cost_cells(summaries, variant, timing[variant], (probes or {}).get(variant), confidence)
         rows[variant] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index.name = "variant"
-    table.attrs |= {"baseline": base, "note": note, "confidence": confidence}
+    table.attrs |= {"baseline": base, "note": note, "confidence": confidence, "timing": timing}
     return table
 
 
@@ -138,6 +186,7 @@ def _paired_cells(summaries: pd.DataFrame, variant: str, base: str | None, m: Me
         (m.label, "p_t"): r["t_pvalue"],
         (m.label, "p_wilcoxon"): float("nan") if wilcoxon is None else wilcoxon,
         (m.label, "n"): float(r["n"]),
+        (m.label, "no_spread"): float(r["no_spread"]),
     }
 
 
@@ -157,37 +206,76 @@ def _fmt_mean_ci(mean: float, low: float, high: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {(high - low) / 2:.{decimals}f}"
 
 
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Strings for people: ``mean ± CI half-width`` per metric, ``Δ [low, high]`` and p-values.
+def _significance(row: pd.Series, alpha: float) -> str:
+    """The verdict cell of one paired comparison, saying why when there is no test."""
+    n = int(row["n"])
+    if n == 0:
+        return "no seeds in common"
+    if n < 2:
+        return "1 seed: no test"
+    if row["no_spread"]:
+        return "tie: same Δ on every seed"
+    return "significant" if row["p_t"] < alpha else "not significant"
 
-    The baseline row reads "baseline" in the Δ columns; without a baseline they read
-    "no baseline", so a missing comparison is visible in the table itself.
+
+def format_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Strings for people, comparison first: ``Δ [low, high]``, p-values, significance; then means.
+
+    The baseline row reads "baseline" in the comparison columns; without a baseline they read
+    "no baseline", so a missing comparison is visible in the table itself. A p-value cell reads
+    "no spread" where the differences are equal on every seed (up to float32 rounding), and
+    the Wilcoxon column is left out when no variant has the 6 paired seeds it needs. The
+    "timing" column says where each row's cost columns come from (`TIMING`).
 
     >>> print(markdown_table(format_table(summary_table(summaries))))  # doctest: +SKIP
     """
     base = table.attrs.get("baseline")
     out = pd.DataFrame(index=table.index)
     out["seeds"] = table[("seeds", "n")].astype(int).astype(str)
-    for m in METRICS:
-        c = table[m.label]
-        out[m.label] = [_fmt_mean_ci(a, b, d, m.decimals) for a, b, d in zip(c["mean"], c["low"], c["high"])]
     for m in PAIRED:
         c = table[m.label]
-        name = m.label.split(" (")[0].removeprefix("Δ ")
-        diffs, p_t, p_w = [], [], []
+        name = m.label.split(" (")[0].removeprefix("Δ final ")
+        cells: dict[str, list[str]] = {m.label: [], f"p {name} (t)": [], f"p {name} (W)": [], f"{name}: significance": []}
         for variant, row in c.iterrows():
             if base is None or variant == base:
-                diffs.append("no baseline" if base is None else "baseline")
-                p_t.append(DASH)
-                p_w.append(DASH)
+                own = "no baseline" if base is None else "baseline"
+                for column, value in zip(cells, (own, DASH, DASH, own)):
+                    cells[column].append(value)
                 continue
-            diffs.append(_fmt_diff(row["mean"], row["low"], row["high"], m.decimals))
-            p_t.append(_fmt_p(row["p_t"]))
-            p_w.append(_fmt_p(row["p_wilcoxon"]))
-        out[m.label] = diffs
-        out[f"p {name} (t)"] = p_t
-        out[f"p {name} (W)"] = p_w
+            no_spread = bool(row["no_spread"])
+            cells[m.label].append(_fmt_diff(row["mean"], row["low"], row["high"], m.decimals))
+            cells[f"p {name} (t)"].append("no spread" if no_spread else _fmt_p(row["p_t"]))
+            cells[f"p {name} (W)"].append(_fmt_p(row["p_wilcoxon"]))
+            cells[f"{name}: significance"].append(_significance(row, alpha))
+        if not (c["p_wilcoxon"].notna().any()):
+            del cells[f"p {name} (W)"]
+        for column, values in cells.items():
+            out[column] = values
+    for m in QUALITY:
+        c = table[m.label]
+        out[m.label] = [_fmt_mean_ci(a, b, d, m.decimals) for a, b, d in zip(c["mean"], c["low"], c["high"])]
+    timing = table.attrs.get("timing", {})
+    out["timing"] = [TIMING[timing.get(v, "measured")] for v in table.index]
+    for m in COST:
+        c = table[m.label]
+        out[m.label] = [_fmt_mean_ci(a, b, d, m.decimals) for a, b, d in zip(c["mean"], c["low"], c["high"])]
     return out
+
+
+def table_parts(shown: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """`format_table`'s columns as three narrow tables a page shows one under the other.
+
+    ``(title, table)`` for the comparison with the baseline, the means, and the costs (with
+    the "timing" column saying where they come from); each keeps the seeds column.
+    """
+    quality = [m.label for m in QUALITY]
+    cost = ["timing", *(m.label for m in COST)]
+    comparison = [c for c in shown.columns if c not in quality and c not in cost]
+    return [
+        ("Comparison with the baseline", shown[comparison]),
+        ("Means over seeds", shown[["seeds", *quality]]),
+        ("Cost", shown[["seeds", *cost]]),
+    ]
 
 
 def _fmt_diff(mean: float, low: float, high: float, decimals: int) -> str:
@@ -241,8 +329,9 @@ def verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
             out.append(f"{variant} vs {base}: no seeds in common, nothing to pair")
             continue
         head = f"{variant} vs {base}: {row['mean']:+.2f} pp final val acc"
-        if n < 2 or np.isnan(row["p_t"]):
-            why = "too few paired seeds for a test" if n < 2 else "the same difference on every seed, no spread to test"
+        if n < 2 or row["no_spread"] or np.isnan(row["p_t"]):
+            why = ("too few paired seeds for a test" if n < 2 else
+                   "the same difference on every seed (equal up to float32 rounding): no spread, so no p-value")
             out.append(f"{head} ({n} paired seed{'s' if n != 1 else ''}) — {why}")
             continue
         significant = "significant" if row["p_t"] < alpha else "not significant"

@@ -124,6 +124,9 @@ class Training:
         self.rows: list[dict[str, Any]] = []
         self.step_rows: list[pd.DataFrame] = []
         self.start_epoch, self._rng = 0, None
+        #: The runs this one shares a stepper (and so its clock and the GPU's peak memory) with,
+        #: as ``variant/seed<N>``; set by :mod:`freezelab.study.lockstep`. Empty: timed alone.
+        self.lockstep_group: list[str] = []
         self._saved_at, self._unsaved = time.monotonic(), None  # last finished epoch not checkpointed
         self._exploded = False
         if self.run_dir is not None:
@@ -171,6 +174,7 @@ class Training:
         t0 = time.perf_counter()
         row = epoch_row(run, epoch, stepped, train_time, self.measure())
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
+        row["timed_alone"] = not self.lockstep_group  # per epoch: a resumed run may have been in a group before
         if not math.isfinite(row["train_loss"]):
             # Keep the finished epochs (close() writes them); the diverged epoch is not saved.
             raise TrainingDiverged(
@@ -220,6 +224,9 @@ class Training:
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
         with process_settings(self.run.plan):  # the final evaluation with the run's own threads, as in its loop
             summary = summarize(self.run, epochs_df)
+        alone = epochs_df["timed_alone"] if "timed_alone" in epochs_df else pd.Series([False])
+        # Epochs logged before this column existed have no value: not known to be alone.
+        summary |= {"timed_alone": bool(alone.fillna(False).astype(bool).all()), "lockstep_group": self.lockstep_group}
         if self.run_dir is not None:
             record.write_summary(self.run_dir, summary)
         return RunResult(self.run.config, epochs_df, steps_df, summary, self.run_dir, self.run.model)

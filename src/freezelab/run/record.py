@@ -2,7 +2,9 @@
 
 A run folder holds ``config.yaml``, ``plan.json``, ``epochs.parquet``, optional
 ``steps.parquet``, ``summary.json`` and ``checkpoint.pt`` (with ``checkpoint.prev.pt``; see
-docs/design.md for the columns). Every file is written to a temporary name and renamed into place
+docs/design.md for the columns); a run that stopped with an error also holds ``failed.json``
+(the error and how many epochs finished, so the report can list it with its reason), and a run
+timed by :mod:`freezelab.run.probe` holds ``timing_probe.json``. Every file is written to a temporary name and renamed into place
 (:func:`freezelab.files.atomic_write`), so an interrupted run never leaves a half-written file
 that a later resume or report would trust. ``summary.json`` is written last: its presence is
 what "finished" means.
@@ -62,20 +64,26 @@ __all__ = [
     "decode_checkpoint",
     "save_progress",
     "write_tables",
+    "write_failure",
+    "read_failure",
     "resume",
     "CONFIG",
     "PLAN",
     "EPOCHS",
     "STEPS",
     "SUMMARY",
+    "CHECKPOINT",
     "PREVIOUS",
     "RunFolderError",
     "CheckpointError",
     "check_writable",
+    "FAILED",
+    "TIMING_PROBE",
 ]
 
 CONFIG, PLAN, EPOCHS, STEPS, SUMMARY, CHECKPOINT, PREVIOUS = (
     "config.yaml", "plan.json", "epochs.parquet", "steps.parquet", "summary.json", "checkpoint.pt", "checkpoint.prev.pt")
+FAILED, TIMING_PROBE = "failed.json", "timing_probe.json"
 
 log = logging.getLogger("freezelab")
 
@@ -210,6 +218,31 @@ def _json_safe(value: Any) -> Any:
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
     _write(Path(run_dir) / SUMMARY, json.dumps(_json_safe(summary), indent=2).encode())
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure is history now
+
+
+def write_failure(run_dir: str | Path, error: BaseException | str) -> None:
+    """Record why a run stopped: ``failed.json`` with the error and the epochs that finished.
+
+    The finished epochs stay in ``epochs.parquet``; the report lists the run with this reason
+    instead of silently leaving it out. Does nothing where the folder was never created (a run
+    that failed before it had one: the runner's message is all there is).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    epochs = read_table(run_dir / EPOCHS)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    failure = {"error": text, "epochs_finished": 0 if epochs is None else len(epochs)}
+    try:
+        atomic_write(run_dir / FAILED, json.dumps(failure, indent=2).encode())
+    except OSError:  # an unwritable folder: the caller's message about the first error is the one to show
+        pass
+
+
+def read_failure(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FAILED
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:

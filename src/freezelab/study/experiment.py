@@ -19,11 +19,18 @@ are paired by seed. Example (the header shows how to launch it, as every shipped
     grid:                         # optional: any RunConfig field -> values (cartesian product)
       optimizer: [sgd, adam]
     variant: "{schedule}_{optimizer}"   # optional label format (default: values joined by "_")
+    baseline: standard_adam       # optional: the variant the report pairs every other one with
+
+Without ``baseline`` the report pairs with the variant named, or scheduled, ``standard``; a grid
+whose cells all use schedule ``standard`` needs it. The runner writes ``experiment.json`` (name,
+baseline, variants, seeds) into the experiment's folder, so ``freezelab report`` knows the
+baseline and which runs were expected.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RunConfig, read_yaml_file
+from ..files import atomic_write
 from ..run.build import check_config
 from ..schedules import ScheduleError, parse_schedule
 
 __all__ = ["Experiment", "load_experiment", "ExperimentError"]
 
-_TOP_KEYS = {"experiment", "seeds", "base", "schedules", "grid", "variant", "description"}
+_TOP_KEYS = {"experiment", "seeds", "base", "schedules", "grid", "variant", "description", "baseline"}
+MANIFEST = "experiment.json"
 
 
 class ExperimentError(ConfigError):
@@ -52,6 +61,7 @@ class Experiment:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     variant: str | None = None
     description: str = ""
+    baseline: str | None = None  # a variant label; None: the report's default ("standard")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "experiment") -> Experiment:
@@ -97,9 +107,31 @@ class Experiment:
             grid=dict(grid),
             variant=variant,
             description=str(data.get("description", "")),
+            baseline=None if data.get("baseline") is None else str(data["baseline"]),
         )
         exp.configs()  # validate every run now, before anything is trained
+        if exp.baseline is not None and exp.baseline not in exp.variants():
+            raise ExperimentError(f"{source}: baseline {exp.baseline!r} is not a variant; choose one of {exp.variants()}")
         return exp
+
+    def variants(self) -> list[str]:
+        """The variant labels, in the file's order."""
+        return [label for label, _ in self.cells()]
+
+    def write_manifest(self, runs_dir: str | Path) -> Path:
+        """Write ``<runs_dir>/<name>/experiment.json``: what the report needs beyond the run folders.
+
+        The baseline, and the runs that were asked for, so a run that failed before it had a
+        folder is still missing from the report by name rather than silently.
+        """
+        folder = Path(runs_dir) / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = json.dumps({"experiment": self.name, "baseline": self.baseline, "variants": self.variants(),
+                               "seeds": self.seeds}, indent=2).encode()
+        path = folder / MANIFEST
+        if not path.is_file() or path.read_bytes() != manifest:  # a rerun that changes nothing writes nothing
+            atomic_write(path, manifest)
+        return path
 
     def cells(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(variant label, run fields) for each grid cell, without the seed."""
@@ -192,12 +224,24 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         seeds = overrides.pop("seeds", None)
         if seeds is not None:
             data["seeds"] = _first_seeds(data.get("seeds", 1), seeds) if _is_int(seeds) else seeds
-        if isinstance(data.get("grid"), dict):
+        if isinstance(data.get("grid"), dict) and set(overrides) & set(data["grid"]):
+            baseline = data.pop("baseline", None)
+            if baseline is not None:  # checked on the whole grid: a narrowed one may leave the baseline out
+                Experiment.from_dict({**data, "baseline": baseline}, source=str(path))
             data["grid"] = dict(data["grid"])
             for key in [k for k in overrides if k in data["grid"]]:
                 data["grid"][key] = [overrides.pop(key)]
-        base = data.get("base") or {}
-        data["base"] = {**base, **overrides} if isinstance(base, dict) else base
+            exp = _with_base(data, overrides, path)
+            exp.baseline = baseline
+            return exp
+        return _with_base(data, overrides, path)
+    return Experiment.from_dict(data, source=str(path))
+
+
+def _with_base(data: dict[str, Any], overrides: dict[str, Any], path: Path) -> Experiment:
+    """The experiment with ``overrides`` patched into ``base``."""
+    base = data.get("base") or {}
+    data["base"] = {**base, **overrides} if isinstance(base, dict) else base
     return Experiment.from_dict(data, source=str(path))
 
 

@@ -15,10 +15,16 @@ dropout, same steps per epoch and batch size; :mod:`freezelab.run.plan`) and the
 same epoch (a resumed run may be further along); any other run is trained alone, in this
 process. Either way the runs go through the one epoch loop, :func:`freezelab.run.loop.epoch_loop`.
 Runs that load the same data share one copy of it on the device.
+
+Because a group shares one clock and one device, its runs' epoch times and peak memory are the
+group's: each run's summary says ``timed_alone: false`` and names its ``lockstep_group``, and
+after the group one run of each variant is timed alone by :mod:`freezelab.run.probe`
+(``timing_probe.json``), which is what the report compares instead.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,11 +32,13 @@ from pathlib import Path
 from ..config import RunConfig
 from ..run.build import SharedData
 from ..run.loop import RunResult, Training, epoch_loop, run_training
+from ..run.probe import write_timing_probe
 from ..run.steppers import GraphStepper
 
 __all__ = ["train_together"]
 
 Outcome = RunResult | BaseException
+log = logging.getLogger(__name__)
 
 
 def train_together(
@@ -69,6 +77,7 @@ def train_together(
                 _train_alone(trainings[i], done, i)
         else:
             _train_group(members, trainings, done)
+            _probe_variants([trainings[i] for i in members if isinstance(outcomes[i], RunResult)], shared_data)
     return outcomes  # type: ignore[return-value]
 
 
@@ -83,6 +92,9 @@ def _train_alone(training: Training, done: Callable, i: int) -> None:
 def _train_group(members: list[int], trainings: dict[int, Training], done: Callable) -> None:
     """Runs that share one :class:`GraphStepper`, through the single-run epoch loop."""
     group = [trainings[i] for i in members]
+    names = [f"{t.run.config.variant}/seed{t.run.config.seed}" for t in group]
+    for t in group:  # they share one clock and one device: the summary says so, the report reads it
+        t.lockstep_group = names
     try:
         stepper = GraphStepper([t.run for t in group])
     except Exception as e:  # noqa: BLE001 - the shared stepper failed: every run of the group fails
@@ -96,3 +108,21 @@ def _train_group(members: list[int], trainings: dict[int, Training], done: Calla
             done(members[k], group[k].finish())
         except Exception as e:  # noqa: BLE001
             done(members[k], e)
+
+
+def _probe_variants(group: list[Training], data: SharedData) -> None:
+    """Time one finished run of each variant of a lockstep group alone (its ``timing_probe.json``).
+
+    A probe that fails costs the report its speed columns, not the runs: it is logged, not raised.
+    """
+    probed: set[str] = set()
+    for t in group:
+        cfg = t.run.config
+        if t.run_dir is None or cfg.variant in probed:
+            continue
+        probed.add(cfg.variant)
+        try:
+            write_timing_probe(t.run_dir, data=data)
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.warning("timing probe of %s failed (%s: %s); the report will show no speed for it",
+                        t.run_dir, type(e).__name__, e)

@@ -172,6 +172,7 @@ def run_experiment(
     record.check_writable(Path(runs_dir) / experiment.name)  # a wrong --runs-dir fails once, before any run
     todo: list[tuple[RunConfig, Path]] = []
     outcomes: list[RunOutcome] = []
+    experiment.write_manifest(runs_dir)
     for cfg in experiment.configs():
         run_dir = experiment.run_dir(runs_dir, cfg)
         if check_run_dir(run_dir, cfg):
@@ -183,6 +184,8 @@ def run_experiment(
             on_result(o)
 
     def finish(outcome: RunOutcome) -> None:
+        if outcome.status == "failed":  # the report lists it with this reason
+            record.write_failure(outcome.run_dir, outcome.error or "unknown error")
         outcomes.append(outcome)
         if on_result:
             on_result(outcome)
