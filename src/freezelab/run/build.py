@@ -26,6 +26,7 @@ from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from . import ddp as ddp_mod
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
@@ -90,6 +91,7 @@ class Run:
     freezer: Freezer
     batches: IndexBatches
     lr_at: Any
+    ddp: ddp_mod.RunDDP | None = None  # under torchrun: this rank's batch share and the DDP forward pass
 
     @property
     def steps_per_epoch(self) -> int:
@@ -112,12 +114,15 @@ class SharedData:
 def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedData | None = None) -> Run:
     """Data, model, groups, schedule, optimizer, freezer and plan for ``config``: identical for identical seeds.
 
+    Under torchrun (a process group of several processes is up) the run is built on every rank
+    alike, on the rank's device, with a :class:`~freezelab.run.ddp.RunDDP` for its DDP side.
+
     ``data``: the run's data if the caller has it, or a :class:`SharedData` to load it from
     (runs of equal data requests then share one copy on the device).
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     schedule = check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = ddp_mod.rank_device(resolve_device(cfg.device))
     if data is None or isinstance(data, SharedData):
         request = data_request(cfg, device)
         data = data.load(request) if data is not None else load_dataset(**request)
@@ -133,9 +138,10 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     spe = batches.steps_per_epoch
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
-                    train_size=len(data.train.y), scales_lr=freezer.scales_lr,
+                    train_size=len(data.train.y), scales_lr=freezer.scales_lr, world_size=ddp_mod.world_size(),
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
+    ddp = ddp_mod.RunDDP(model, freezer, batches) if ddp_mod.active() else None
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, ddp)
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:

@@ -72,6 +72,8 @@ class EagerStepper:
     def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
         run = self.run
         model, fz, x, y = run.model, run.freezer, run.data.train.x, run.data.train.y
+        if run.ddp is not None:
+            model = run.ddp  # DDP (torchrun): the forward pass goes through the wrapper of the trainable set
         spe, bs, epochs = run.steps_per_epoch, run.config.batch_size, run.config.epochs
         cuda = run.device.type == "cuda"
         losses = torch.empty(spe, device=run.device)
@@ -84,6 +86,8 @@ class EagerStepper:
             opt = fz.optimizer
             self.set_lr(step)
             idx = perm[i * bs : (i + 1) * bs]
+            if run.ddp is not None:
+                idx = run.ddp.shard(idx)  # this rank's share of the global batch
             loss = model_loss(model, x[idx], y[idx])
             loss.backward()
             opt.step()
