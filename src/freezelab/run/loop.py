@@ -11,6 +11,8 @@ The loop is built for speed on small models, where the Python and launch overhea
 
 :func:`epoch_loop` is the one epoch loop: :func:`train` drives one run through it with its own
 stepper, :func:`freezelab.study.lockstep.train_together` drives several through one shared stepper.
+Under torchrun every rank drives the same run through it (:mod:`freezelab.run.ddp`): all ranks
+resume from the run folder, rank 0 alone evaluates and writes it.
 
 Example::
 
