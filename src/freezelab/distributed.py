@@ -179,11 +179,11 @@ class FreezingDDP:
         return changed
 
     def follow(self) -> None:
-        """Use the wrapper of the model's current trainable set, for a loop that steps the Freezer itself.
+        """Use the wrapper of the model's current trainable set, for a loop that calls ``freezer.step`` itself.
 
-        What :meth:`step` does after applying the schedule: freezelab's own loop steps the Freezer
-        and calls this before the forward pass (:class:`freezelab.run.ddp.RunDDP`). Collective
-        when the set changed, like :meth:`step`.
+        What :meth:`step` does after the schedule: freezelab's own loop steps the Freezer and then
+        calls this before the forward pass (:class:`freezelab.run.ddp.RunDDP`). Collective when the
+        set changed, like :meth:`step`.
         """
         self._use(tuple(p.requires_grad for p in self.model.parameters()))
 

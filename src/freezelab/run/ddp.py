@@ -144,7 +144,7 @@ def rank_device(device: torch.device) -> torch.device:
 class RunDDP:
     """A built run's DDP side: its share of each global batch, and the forward pass through FreezingDDP.
 
-    The eager stepper calls ``shard`` on each global batch of indices and this object instead
+    The eager stepper calls :meth:`share` on each global batch's positions and this object instead
     of the model for the forward pass; the Freezer has already been stepped, so
     :meth:`FreezingDDP.follow` switches wrappers when the trainable set changed. The model, its
     optimizer and the Freezer stay the plain ones (checkpoints hold no ``module.`` prefix).
@@ -168,21 +168,32 @@ class RunDDP:
         # an uneven last batch): what the epoch's mean loss over ranks multiplies by.
         self.weights = torch.ones(batches.steps_per_epoch, device=next(model.parameters()).device)
         if last:
-            self.weights[-1] = len(torch.tensor_split(torch.arange(last), world)[world_rank]) * world / last
+            self.weights[-1] = (last // world + (world_rank < last % world)) * world / last
         self.model = model
         self.engine = FreezingDDP(model, freezer)
         self.check = os.environ.get(CHECK_ENV, "") not in ("", "0")
         self.steps = 0
         self._scale = 1.0
 
-    def shard(self, batch: Tensor) -> Tensor:
-        """This rank's contiguous share of one global batch of indices (``1/world_size`` of a full batch)."""
-        mine = torch.tensor_split(batch, self.world_size)[self.rank]
-        self._scale = len(mine) * self.world_size / len(batch)
-        return mine
+    def share(self, batch: slice, n: int) -> slice:
+        """This rank's contiguous part of the global batch at positions ``batch`` of an epoch of ``n`` examples.
+
+        ``1/world_size`` of a full batch; a smaller last batch is split as ``torch.tensor_split``
+        splits it (the first ranks take one more). Positions, not indices, so that whatever is laid
+        out per position of the epoch (its permutation, its augmentation draws) is sliced alike.
+
+        Two ranks, the last batch ``slice(32, 64)`` of an epoch of 57 examples: rank 0 gets positions
+        32..44, rank 1 45..56.
+        """
+        start, stop = batch.start, min(batch.stop, n)
+        size, extra = divmod(stop - start, self.world_size)
+        first = start + self.rank * size + min(self.rank, extra)
+        mine = size + (self.rank < extra)
+        self._scale = mine * self.world_size / (stop - start)
+        return slice(first, first + mine)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """The forward pass of the share :meth:`shard` returned last, through the DDP wrapper of the trainable set."""
+        """The forward pass of the part :meth:`share` returned last, through the DDP wrapper of the trainable set."""
         if self.check:
             self.check_in_sync(f"before step {self.steps}")
         self.steps += 1

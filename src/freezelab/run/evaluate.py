@@ -7,6 +7,7 @@ the graph path, and one transfer in :func:`epoch_row`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -18,6 +19,7 @@ from ..optim import optimizer_state_bytes
 
 if TYPE_CHECKING:
     from .build import Run
+    from .inputs import Inputs
     from .steppers import StepRecord
 
 __all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize"]
@@ -27,11 +29,18 @@ SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, ...]:
-    """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: Inputs | None = None) -> tuple[torch.Tensor, ...]:
+    """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins).
+
+    ``inputs``: the run's input pipeline (resize, layout, precision; never augmentation); ``None``
+    feeds the stored tensors as they are, in float32.
+    """
+    chunk = inputs.eval_chunk if inputs is not None else 8192
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(x[i : i + chunk]) for i in range(0, len(y), chunk)])
+    with inputs.autocast() if inputs is not None else contextlib.nullcontext():
+        logits = torch.cat([model(inputs.eval(x[i : i + chunk]) if inputs is not None else x[i : i + chunk])
+                            for i in range(0, len(y), chunk)])
     model.train(was_training)
     loss = nn.functional.cross_entropy(logits.float(), y)
     acc = (logits.argmax(1) == y).float().mean()
@@ -44,10 +53,11 @@ def probe_statistics(run: Run) -> dict[str, Any]:
 
     Gradients are taken for every managed parameter (frozen ones included) so the gradient
     flow plot shows what would reach each layer; the model's parameters, buffers, gradients
-    and trainable set are left exactly as they were.
+    and trainable set are left exactly as they were. The probe runs in float32 whatever the
+    run's precision (statistics, not training), on unaugmented inputs.
     """
     model, fz = run.model, run.freezer
-    x, y = run.data.train.x[: run.config.batch_size], run.data.train.y[: run.config.batch_size]
+    x, y = run.inputs.eval(run.data.train.x[: run.config.batch_size]), run.data.train.y[: run.config.batch_size]
     managed = [p for g in run.groups for p in run.groups.params(model, g.name)]
     saved_flags = [p.requires_grad for p in managed]
     saved_buffers = [b.detach().clone() for b in model.buffers()]
@@ -84,8 +94,8 @@ def measure_epoch(run: Run) -> dict[str, Any]:
     so, this is replayed from a CUDA graph (:func:`freezelab.run.steppers.graphed`).
     """
     model, data = run.model, run.data
-    val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y)
-    test_loss, test_acc, _, _ = evaluate(model, data.test.x, data.test.y)
+    val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y, run.inputs)
+    test_loss, test_acc, _, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
     probe = probe_statistics(run) if run.config.grad_stats else {}
     scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc)))
     return {"scalars": scalars, "probe": probe}
@@ -139,7 +149,7 @@ def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
     val_acc = epochs["val_acc"].tolist()
     best = max(val_acc)
     target = cfg.target_acc if cfg.target_acc is not None else 0.9 * best
-    _, _, test_ece, logits = evaluate(model, data.test.x, data.test.y)
+    _, _, test_ece, logits = evaluate(model, data.test.x, data.test.y, run.inputs)
     _, bins = metrics.expected_calibration_error(logits.float(), data.test.y)
     early = [c for c in epochs.columns if c.startswith("grad_mean_abs:") and c.endswith("weight")][:2]
     train_time = float(epochs["train_time_s"].sum())
@@ -168,6 +178,9 @@ def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
         "throughput_samples_per_s": len(data.train.y) * len(epochs) / train_time if train_time else None,
         "step_time_ms": 1000 * train_time / (run.steps_per_epoch * len(epochs)),
         "switches": run.freezer.switches,
+        "data_source": data.source,
+        "precision": run.plan.precision,
+        "augment": cfg.augment,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_version": torch.__version__,
     }
