@@ -203,3 +203,38 @@ def test_torchrun_environment_is_read_and_a_plain_process_is_rank_0(monkeypatch)
     assert ddp.torchrun_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == ddp.Torchrun(3, 1, 4)
     with pytest.raises(ConfigError, match="not integers"):
         ddp.torchrun_env({"WORLD_SIZE": "four", "RANK": "0", "LOCAL_RANK": "0"})
+
+
+# small_cnn has BatchNorm, whose per-rank statistics make the weights differ by construction (docs/scaling.md):
+# what must match one process here is what the model is fed, example for example.
+AUGMENTED = {"dataset": "digits", "subset": 249, "epochs": 1, "batch_size": 48, "model": "small_cnn",
+             "augment": "crop_flip", "grad_stats": False}  # a last batch of 9: 5 + 4
+
+
+def _training_inputs(out: Path | None = None) -> list[torch.Tensor]:
+    """Train AUGMENTED, recording every training batch the model is fed (after augmentation)."""
+    from freezelab.run.loop import Training, run_training
+
+    training = Training(AUGMENTED, progress=False)
+    fed: list[torch.Tensor] = []
+    training.run.model.register_forward_pre_hook(
+        lambda module, args: fed.append(args[0].detach().clone()) if module.training else None)
+    run_training(training)
+    if out is not None:
+        torch.save(fed, out)
+    return fed
+
+
+def _record_inputs(rank: int, world: int, out: Path) -> None:
+    _training_inputs(out / f"fed{rank}.pt")
+
+
+def test_ranks_are_fed_their_share_of_the_single_process_augmented_batches(tmp_path):
+    """Crop-and-flip draws are laid out per position of the epoch, and each rank takes its positions' draws."""
+    launch(_record_inputs, 2, tmp_path, timeout_s=120)
+    ranks = [torch.load(tmp_path / f"fed{r}.pt") for r in range(2)]
+    single = _training_inputs()
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 6
+    assert [len(b) for b in ranks[0]][-1] == 5 and [len(b) for b in ranks[1]][-1] == 4
+    for step, whole in enumerate(single):
+        assert torch.equal(torch.cat([ranks[0][step], ranks[1][step]]), whole), step
