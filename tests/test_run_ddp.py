@@ -238,3 +238,23 @@ def test_ranks_are_fed_their_share_of_the_single_process_augmented_batches(tmp_p
     assert [len(b) for b in ranks[0]][-1] == 5 and [len(b) for b in ranks[1]][-1] == 4
     for step, whole in enumerate(single):
         assert torch.equal(torch.cat([ranks[0][step], ranks[1][step]]), whole), step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (run on the device machine)")
+def test_torchrun_on_two_gpus_trains_over_nccl_and_matches_one_gpu(tmp_path):
+    """Each rank on cuda:LOCAL_RANK, NCCL for the all-reduces; the eager single-GPU run is the reference."""
+    from freezelab.run import train
+
+    config = {**BASE, "subset": None, "epochs": 2, "batch_size": 64, "device": "cuda", "fast": "off",
+              "schedule": {"name": "alternate", "unit": "batch", "every": 3}}
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(config))
+    done = _torchrun("train", "--config", str(path), "--out", str(tmp_path / "two"), env={ddp.CHECK_ENV: "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    plan = run_folder.read_plan(tmp_path / "two")
+    assert plan["device"] == "cuda:0" and plan["world_size"] == 2 and plan["stepper"] == "eager"
+    single = train(config, tmp_path / "one", progress=False).model.state_dict()
+    two = run_folder.load_checkpoint(tmp_path / "two")["model"]
+    worst = max((two[k].cpu() - single[k].cpu()).abs().max().item() for k in single)
+    assert worst < 1e-4, worst
