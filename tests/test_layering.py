@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run", ("freezelab.run", "freezelab.integrations", "freezelab.distributed")),  # one training run; hosts' adapters and DDP beside it
     ("study", ("freezelab.study",)),
     ("report", ("freezelab.report",)),
-    ("cli", ("freezelab.cli",)),
+    ("cli", ("freezelab.cli", "freezelab.__main__")),
 ]
 
 

@@ -4,6 +4,8 @@
     freezelab train --dataset fashion_mnist --recipe fmnist_90_10 --model fashion_mlp --epochs 30
     freezelab train --schedule alternate:unit=batch,every=50 --policy remove
     freezelab run configs/seed001_mnist.yaml --jobs 4
+    freezelab run configs/seed001_mnist.yaml --launcher ray --address HOST:6379 --gpus-per-run 0.25
+    torchrun --nproc_per_node 4 -m freezelab train --dataset mnist --batch-size 512   # DDP, global batch 512
     freezelab report runs/seed001_mnist
     freezelab list schedules
 """
@@ -132,9 +134,12 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     set_: list[str] = typer.Option([], "--set", help="Any other run option as key=value (repeatable)."),
 ) -> None:
-    """Train ONE run and write its folder (config, per-epoch log, per-step log, summary, checkpoint)."""
+    """Train ONE run and write its folder (config, per-epoch log, per-step log, summary, checkpoint).
+
+    Under torchrun it trains with DDP over all ranks (--batch-size is the global batch); rank 0 writes.
+    """
     from .config import RunConfig
-    from .run import check_config
+    from .run import check_config, ddp
     from .run import train as train_run
     from .schedules import parse_schedule
     from .study import check_run_dir
@@ -153,17 +158,23 @@ def train(
         cfg = RunConfig.from_dict(fields)
         check_config(cfg)
         check_run_dir(out, cfg)  # a folder holding a different run is refused, never overwritten
-        _show_progress()
-        result = train_run(cfg, out)
+        with ddp.process_group():  # under torchrun: every rank trains, rank 0 writes
+            if ddp.is_lead():
+                _show_progress()
+            result = train_run(cfg, out)
+            lead, world = ddp.is_lead(), ddp.world_size()
     except _errors() as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _interrupted(f"the same command resumes the run from its last checkpoint in {out}")
+    if not lead:
+        return
     s = result.summary
     typer.echo(
         f"{s['schedule']}\n"
         f"final val acc {s['final_val_acc']:.2%} (best {s['best_val_acc']:.2%} at epoch {s['best_epoch']}), "
-        f"test acc {s['final_test_acc']:.2%}, {s['avg_epoch_time_s']:.3f} s/epoch on {s['device']}\n"
+        f"test acc {s['final_test_acc']:.2%}, {s['avg_epoch_time_s']:.3f} s/epoch on {s['device']}"
+        f"{f' x {world} processes (DDP)' if world > 1 else ''}\n"
         f"wrote {out}"
     )
 
@@ -178,8 +189,16 @@ def run(
     epochs: Optional[int] = typer.Option(None, help="Override epochs for every run (quick checks)."),
     set_: list[str] = typer.Option([], "--set", help="Override any run option for every run, key=value; on a grid key it keeps only that value."),
     report: bool = typer.Option(True, help="Write the report when the runs are done."),
+    launcher: str = typer.Option("local", help="local: this machine (--jobs, --lockstep); ray: one Ray task per run."),
+    address: Optional[str] = typer.Option(None, help="With --launcher ray: the cluster (ray start --head prints it); default a local Ray."),
+    cpus_per_run: float = typer.Option(1.0, help="With --launcher ray: CPUs each run asks for."),
+    gpus_per_run: float = typer.Option(0.0, help="With --launcher ray: GPUs each run asks for; fractions share one (0.25: four runs a GPU); 0: CPU."),
+    max_retries: int = typer.Option(3, help="With --launcher ray: retries of a run whose worker died (the retry resumes from its checkpoint)."),
 ) -> None:
-    """Run an experiment grid (schedules x grid x seeds); skips finished runs, resumes unfinished ones."""
+    """Run an experiment grid (schedules x grid x seeds); skips finished runs, resumes unfinished ones.
+
+    Under torchrun the runs train one after another, each with DDP over all ranks; rank 0 writes.
+    """
     from .study import load_experiment
 
     overrides = _parse_sets(set_)
@@ -187,34 +206,50 @@ def run(
         overrides["epochs"] = epochs
     if seeds is not None:
         overrides["seeds"] = seeds
+    if launcher not in ("local", "ray"):
+        _fail(f"--launcher {launcher!r} is unknown; choose local or ray")
+    if launcher == "local" and address is not None:
+        _fail("--address names a Ray cluster; add --launcher ray")
+    from .run import ddp
+
     try:
         exp = load_experiment(config, overrides)
+        chosen = None
+        if launcher == "ray":
+            from .study.ray_launcher import ray_launcher
+
+            chosen = ray_launcher(address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, max_retries=max_retries)
     except _errors() as e:
         _fail(str(e))
-    _run_and_report(exp, runs_dir, jobs, report, lockstep)
+    with ddp.process_group():  # under torchrun: each run over all ranks, rank 0 writes and reports
+        _run_and_report(exp, runs_dir, jobs, report, lockstep, chosen)
 
 
-def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int = 32) -> None:
+def _run_and_report(exp, runs_dir: Path, jobs: int, report: bool, lockstep: int = 32, launcher=None) -> None:
+    from .run import ddp
     from .study import run_experiment
 
+    lead = ddp.is_lead()
+    say = typer.echo if lead else (lambda _: None)
     n = len(exp.configs())
-    typer.echo(f"experiment {exp.name}: {len(exp.schedules)} schedules x {n // len(exp.seeds) // len(exp.schedules)} "
-               f"cells x {len(exp.seeds)} seeds = {n} runs -> {runs_dir / exp.name}")
+    say(f"experiment {exp.name}: {len(exp.schedules)} schedules x {n // len(exp.seeds) // len(exp.schedules)} "
+        f"cells x {len(exp.seeds)} seeds = {n} runs -> {runs_dir / exp.name}"
+        f"{f' (DDP over {ddp.world_size()} processes)' if ddp.world_size() > 1 else ''}")
     done = [0]
 
     def show(o) -> None:
         done[0] += 1
         what = {"done": f"{o.seconds:.1f} s", "skipped": "finished earlier", "failed": o.error}[o.status]
-        typer.echo(f"[{done[0]}/{n}] {o.status:7s} {o.run_dir}  {what}")
+        say(f"[{done[0]}/{n}] {o.status:7s} {o.run_dir}  {what}")
 
     try:
-        outcomes = run_experiment(exp, runs_dir, jobs=jobs, lockstep=lockstep, on_result=show)
+        outcomes = run_experiment(exp, runs_dir, jobs=jobs, lockstep=lockstep, on_result=show, launcher=launcher)
     except _errors() as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _interrupted(f"{done[0]} of {n} runs were finished or skipped and are saved; run the same command again to resume the rest")
     failed = [o for o in outcomes if o.status == "failed"]
-    if report and len(failed) < len(outcomes):
+    if report and lead and len(failed) < len(outcomes):
         try:
             _write_report(runs_dir / exp.name)
         except (FileNotFoundError, ValueError) as e:

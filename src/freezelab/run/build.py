@@ -28,6 +28,7 @@ from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_i
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..pretrained import prepare, split_model_args
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from . import ddp as ddp_mod
 from .inputs import Inputs
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 from .prefix_cache import check_request
@@ -141,6 +142,7 @@ class Run:
     inputs: Inputs
     #: Whether the eager stepper trains on cached outputs of the frozen prefix (``cache_frozen_prefix``).
     cache_prefix: bool = False
+    ddp: ddp_mod.RunDDP | None = None  # under torchrun: this rank's batch share and the DDP forward pass
 
     @property
     def steps_per_epoch(self) -> int:
@@ -163,13 +165,16 @@ class SharedData:
 def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedData | None = None) -> Run:
     """Data, model, groups, schedule, optimizer, freezer and plan for ``config``: identical for identical seeds.
 
+    Under torchrun (a process group of several processes is up) the run is built on every rank
+    alike, on the rank's device, with a :class:`~freezelab.run.ddp.RunDDP` for its DDP side.
+
     ``data``: the run's data if the caller has it, or a :class:`SharedData` to load it from
     (runs of equal data requests then share one copy on the device).
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     schedule = check_config(cfg)
     cfg = dataclasses.replace(cfg, groups=groups_spec(cfg))  # the folder records the groups used
-    device = resolve_device(cfg.device)
+    device = ddp_mod.rank_device(resolve_device(cfg.device))
     if data is None or isinstance(data, SharedData):
         request = data_request(cfg, device)
         data = data.load(request) if data is not None else load_dataset(**request)
@@ -193,13 +198,18 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr, images=images,
+                    world_size=ddp_mod.world_size(),
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same tensors
     inputs = Inputs(augment=cfg.augment, seed=cfg.seed, size=size, channels_last=plan.channels_last,
                     bf16=plan.precision == "bf16", device_type=device.type)
-    cache = check_request(cfg.cache_frozen_prefix, model, cfg.augment, cfg.bn_stats, plan.stepper)
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, cache)
+    ddp = ddp_mod.RunDDP(model, freezer, batches) if ddp_mod.active() else None
+    if ddp is not None and cfg.cache_frozen_prefix == "on":
+        raise ConfigError("cache_frozen_prefix: on does not work under DDP (each rank would cache its own shard); "
+                          "use cache_frozen_prefix: auto or off")
+    cache = ddp is None and check_request(cfg.cache_frozen_prefix, model, cfg.augment, cfg.bn_stats, plan.stepper)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, cache, ddp)
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:

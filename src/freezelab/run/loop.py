@@ -11,6 +11,8 @@ The loop is built for speed on small models, where the Python and launch overhea
 
 :func:`epoch_loop` is the one epoch loop: :func:`train` drives one run through it with its own
 stepper, :func:`freezelab.study.lockstep.train_together` drives several through one shared stepper.
+Under torchrun every rank drives the same run through it (:mod:`freezelab.run.ddp`): all ranks
+resume from the run folder, rank 0 alone evaluates and writes it.
 
 Example::
 
@@ -22,9 +24,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +43,7 @@ from torch import nn
 from .. import metrics
 from ..config import ConfigError, RunConfig
 from ..data import DatasetSplits
+from . import ddp as ddp_mod
 from . import record
 from .build import SharedData, build_run
 from .cached_stepper import CachedStepper
@@ -46,7 +51,11 @@ from .evaluate import epoch_row, explosion, measure_epoch, step_frame, summarize
 from .plan import log, log_plan, process_settings
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
 
-__all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged"]
+__all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged", "CRASH_ENV"]
+
+#: ``N:PATH``: after writing the checkpoint of epoch N, kill this process (SIGKILL) unless PATH exists, creating it
+#: first; so exactly one process of a sweep dies the way a lost node or a preempted worker does (tests of resume).
+CRASH_ENV = "FREEZELAB_CRASH_AT_CHECKPOINT"
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,8 +128,12 @@ class Training:
                  data: DatasetSplits | SharedData | None = None, progress: bool | None = None) -> None:
         self.run = run = build_run(config, data)
         cfg, plan = run.config, run.plan
-        log_plan(cfg, plan)
+        # Under DDP every rank resumes from run_dir, but only rank 0 evaluates and writes (self.out).
+        self.lead = ddp_mod.is_lead()
+        if self.lead:
+            log_plan(cfg, plan)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.out = self.run_dir if self.lead else None
         self.rows: list[dict[str, Any]] = []
         self.step_rows: list[pd.DataFrame] = []
         self.start_epoch, self._rng = 0, None
@@ -129,18 +142,19 @@ class Training:
         self.lockstep_group: list[str] = []
         self._saved_at, self._unsaved = time.monotonic(), None  # last finished epoch not checkpointed
         self._exploded = False
+        if self.out is not None:
+            record.write_config(self.out, {**cfg.to_dict(), "schedule_description": run.schedule.describe()})
+            record.write_plan(self.out, plan.to_dict())
         if self.run_dir is not None:
-            record.write_config(self.run_dir, {**cfg.to_dict(), "schedule_description": run.schedule.describe()})
-            record.write_plan(self.run_dir, plan.to_dict())
             self.start_epoch, self._rng = record.resume(run, self.run_dir, self.rows, self.step_rows)
             self._observe()  # an adaptive schedule's decisions, recomputed from the epochs read back
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
-        self.board = _tensorboard(cfg, self.run_dir)
-        if cfg.grad_stats:
+        self.board = _tensorboard(cfg, self.run_dir) if self.lead else None
+        if cfg.grad_stats and self.lead:
             metrics.warm_up_jvp()
         self.measure = graphed(lambda: measure_epoch(run), run.device) if plan.graphed_measurements else lambda: measure_epoch(run)
-        mode = {True: "bar", False: "off", None: "bar" if _terminal() else "lines"}[progress]
+        mode = {True: "bar", False: "off", None: "bar" if _terminal() else "lines"}[progress] if self.lead else "off"
         self.bar = _Progress(mode, cfg.epochs, run.steps_per_epoch, cfg.variant or cfg.experiment)
 
     def start(self) -> None:
@@ -171,17 +185,19 @@ class Training:
         seconds they took (synchronised). The epoch's time adds this run's own evaluation to it.
         """
         run, cfg = self.run, self.run.config
+        if run.ddp is not None:
+            # Each rank's losses are its share's means: their mean over ranks is the global batch's loss,
+            # on every rank, so a NaN stops them all. Only rank 0 goes on to evaluate and write.
+            run.ddp.check_in_sync(f"at the end of epoch {epoch + 1}")
+            stepped = dataclasses.replace(stepped, losses=run.ddp.mean(stepped.losses))
+            if not self.lead:
+                self._check_finite(float(stepped.losses.float().mean()), epoch)
+                return
         t0 = time.perf_counter()
         row = epoch_row(run, epoch, stepped, train_time, self.measure())
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
         row["timed_alone"] = not self.lockstep_group  # per epoch: a resumed run may have been in a group before
-        if not math.isfinite(row["train_loss"]):
-            # Keep the finished epochs (close() writes them); the diverged epoch is not saved.
-            raise TrainingDiverged(
-                f"loss became {row['train_loss']} in epoch {epoch + 1} of run {cfg.variant or cfg.experiment} "
-                f"(seed {cfg.seed}); lower lr (now {cfg.lr}) or pick another optimizer. "
-                f"The {len(self.rows)} finished epochs are kept{' in ' + str(self.run_dir) if self.run_dir else ''}."
-            )
+        self._check_finite(row["train_loss"], epoch)
         self.rows.append(row)
         self._observe()
         self._warn_if_exploded()
@@ -189,8 +205,10 @@ class Training:
             self.step_rows.append(step_frame(epoch, run.steps_per_epoch, stepped))
         self._unsaved = epoch
         if epoch + 1 == cfg.epochs or time.monotonic() - self._saved_at >= cfg.save_every_s:
-            record.save_progress(run, self.run_dir, self.rows, self.step_rows, epoch)
+            record.save_progress(run, self.out, self.rows, self.step_rows, epoch)
             self._saved_at, self._unsaved = time.monotonic(), None
+            if self.out is not None:
+                _crash_hook(epoch + 1)
         if self.board is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -218,8 +236,20 @@ class Training:
             log.warning("warning: run %s (seed %d) exploded at epoch %d: %s; lower lr (now %g) or pick another optimizer",
                         cfg.variant or cfg.experiment, cfg.seed, found["epoch"], found["reason"], cfg.lr)
 
+    def _check_finite(self, loss: float, epoch: int) -> None:
+        if not math.isfinite(loss):
+            cfg = self.run.config
+            # Keep the finished epochs (close() writes them); the diverged epoch is not saved.
+            raise TrainingDiverged(
+                f"loss became {loss} in epoch {epoch + 1} of run {cfg.variant or cfg.experiment} "
+                f"(seed {cfg.seed}); lower lr (now {cfg.lr}) or pick another optimizer. "
+                f"The {len(self.rows)} finished epochs are kept{' in ' + str(self.run_dir) if self.run_dir else ''}."
+            )
+
     def finish(self) -> RunResult:
-        """The summary (written to the run folder) and the whole result."""
+        """The summary (written to the run folder) and the whole result; other ranks than 0 get no rows or summary."""
+        if not self.lead:
+            return RunResult(self.run.config, pd.DataFrame(), None, {}, None, self.run.model)
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
         with process_settings(self.run.plan):  # the final evaluation with the run's own threads, as in its loop
@@ -238,7 +268,7 @@ class Training:
         at the last saved epoch, and a resume drops (and redoes) the epochs after it.
         """
         if self._unsaved is not None:
-            record.write_tables(self.run_dir, self.rows, self.step_rows)
+            record.write_tables(self.out, self.rows, self.step_rows)
             self._unsaved = None
         self.bar.close()
         if self.board is not None:
@@ -311,6 +341,18 @@ def train(
     Raises :class:`TrainingDiverged` on a NaN/inf loss after saving the finished epochs.
     """
     return run_training(Training(config, run_dir, data=data, progress=progress))
+
+
+def _crash_hook(epoch: int) -> None:
+    """Kill this process after the checkpoint of ``epoch`` when :data:`CRASH_ENV` asks for it (once per marker)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    at, _, marker = spec.partition(":")
+    if int(at) != epoch or not marker or os.path.exists(marker):
+        return
+    Path(marker).write_text(f"killed pid {os.getpid()} after the checkpoint of epoch {epoch}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _tensorboard(cfg: RunConfig, run_dir: Path | None):

@@ -55,14 +55,19 @@ def fused_optimizer(cfg: RunConfig, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.optimizer in FUSED_OPTIMIZERS
 
 
-def graph_unsupported(cfg: RunConfig, device: torch.device, *, scales_lr: bool = False) -> str | None:
+def graph_unsupported(cfg: RunConfig, device: torch.device, *, scales_lr: bool = False,
+                      world_size: int = 1) -> str | None:
     """Why the CUDA-graph path cannot run ``cfg`` exactly on ``device``, or ``None`` if it can.
 
     ``scales_lr``: the built schedule sets per-group learning rates (FreezeOut's annealing); the
     freezer applies them around ``optimizer.step()``, which the graph path's update never calls.
+    ``world_size``: processes training the run together under DDP (torchrun).
     """
     if cfg.fast == "off":
         return "fast: off"
+    if world_size > 1:
+        return (f"DDP over {world_size} processes: gradients are all-reduced by DDP's autograd hooks, through a "
+                "wrapper rebuilt when the trainable set changes, which a captured CUDA graph cannot follow")
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if cfg.policy not in GRAPH_POLICIES:
@@ -100,6 +105,7 @@ class ExecutionPlan:
     channels_last: bool = False  # image batches and conv weights in NHWC layout
     channels_last_reason: str = "not an image model"
     threads: int = 1  # the config's torch thread count, which process_settings sets (runs sharing a loop agree)
+    world_size: int = 1  # processes training this run together under DDP (torchrun); 1: no DDP
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -109,19 +115,20 @@ class ExecutionPlan:
 
 def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_sets: Callable[[int], int],
              optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int,
-             scales_lr: bool = False, images: bool = False) -> ExecutionPlan:
+             scales_lr: bool = False, images: bool = False, world_size: int = 1) -> ExecutionPlan:
     """The plan of a built run.
 
     ``dropout``: the model has dropout; ``trainable_sets(enough)``: how many distinct trainable
     sets the schedule visits, counted up to ``enough`` (only asked when it matters);
     ``optimizer``: the built optimizer (is there a compiled update for it?); ``scales_lr``: the
-    schedule sets per-group learning rates; ``images``: the model takes NCHW images.
+    schedule sets per-group learning rates; ``images``: the model takes NCHW images; ``world_size``:
+    processes under DDP (the graph path is off).
     """
     precision, precision_reason = _precision(cfg, device, images)
     channels_last, channels_last_reason = _channels_last(cfg, device, images)
     from .compiled import has_compiled_update
 
-    why_not_graph = graph_unsupported(cfg, device, scales_lr=scales_lr)
+    why_not_graph = graph_unsupported(cfg, device, scales_lr=scales_lr, world_size=world_size)
     if why_not_graph is not None and cfg.fast == "graph":
         raise ConfigError(f"fast: graph cannot be used here: {why_not_graph}; use fast: auto or off")
     graph = why_not_graph is None
@@ -168,6 +175,7 @@ def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_s
         channels_last=channels_last,
         channels_last_reason=channels_last_reason,
         threads=cfg.threads,
+        world_size=world_size,
     )
 
 
@@ -197,9 +205,10 @@ def _channels_last(cfg: RunConfig, device: torch.device, images: bool) -> tuple[
 
 
 def log_plan(cfg: RunConfig, plan: ExecutionPlan) -> None:
-    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s; %s%s",
+    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s; %s%s; world size %d",
              cfg.variant or cfg.experiment, cfg.seed, plan.stepper, plan.stepper_reason, plan.compiled,
-             plan.compile_reason, plan.graphed_measurements, plan.precision, ", channels-last" if plan.channels_last else "")
+             plan.compile_reason, plan.graphed_measurements, plan.precision, ", channels-last" if plan.channels_last else "",
+             plan.world_size)
 
 
 @contextlib.contextmanager

@@ -72,6 +72,8 @@ class EagerStepper:
     def run_epoch(self, epoch: int, perm: torch.Tensor, bar=None) -> StepRecord:
         run = self.run
         model, fz, x, y = run.model, run.freezer, run.data.train.x, run.data.train.y
+        if run.ddp is not None:
+            model = run.ddp  # DDP (torchrun): the forward pass goes through the wrapper of the trainable set
         spe, bs, epochs = run.steps_per_epoch, run.config.batch_size, run.config.epochs
         cuda = run.device.type == "cuda"
         losses = torch.empty(spe, device=run.device)
@@ -86,6 +88,8 @@ class EagerStepper:
             opt = fz.optimizer
             self.set_lr(step)
             batch = slice(i * bs, (i + 1) * bs)
+            if run.ddp is not None:
+                batch = run.ddp.share(batch, len(perm))  # this rank's part of the global batch (and its draws)
             idx = perm[batch]
             xb = inputs.train(x[idx], tuple(d[batch] for d in draws) if draws is not None else None)
             with inputs.autocast():

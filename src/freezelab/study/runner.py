@@ -12,6 +12,12 @@ two cores, against the caller's two threads with ``--jobs 1``, and their weights
 up to 0.03.) A folder written before the thread count was recorded is refused, since nobody
 knows which count trained it. Ctrl-C stops a pool at once: the workers ignore SIGINT, the
 runner stops them and raises :class:`KeyboardInterrupt`, and every finished run stays saved.
+
+Deciding *what* to train (skip, resume, refuse) is :func:`run_experiment`'s; *where* the runs
+train is a :data:`Launcher`'s: :func:`local_launcher` (this process, lockstep groups on a GPU,
+or a pool of worker processes) or :func:`freezelab.study.ray_launcher.ray_launcher` (one Ray task
+per run, on a cluster). Every launcher calls :func:`train_one`, so the run folders are the same.
+Under torchrun (:mod:`freezelab.run.ddp`) the runs train one after another, each over all ranks.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RunConfig
-from ..run import record
+from ..run import ddp, record
 from ..run.build import groups_spec
 from ..run.plan import lockstep_candidate
 from ..schedules import ScheduleError, schedule_from_dict
 from .experiment import Experiment
 
-__all__ = ["run_experiment", "RunOutcome", "ConfigChanged", "check_run_dir"]
+__all__ = ["run_experiment", "RunOutcome", "ConfigChanged", "check_run_dir", "Launcher", "local_launcher", "train_one"]
 
 log = logging.getLogger("freezelab")
 
@@ -114,8 +120,15 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _train_one(config: dict[str, Any], run_dir: str) -> float:
-    """Worker entry point (top level so it pickles): train one run into ``run_dir``.
+#: Trains runs into their folders and reports each run's outcome through the callback, as it ends.
+Launcher = Callable[[list[tuple[RunConfig, Path]], Callable[["RunOutcome"], None]], None]
+
+
+def train_one(config: dict[str, Any], run_dir: str) -> float:
+    """Train one run into ``run_dir`` (resuming from its checkpoint there); its seconds.
+
+    The entry point of every launcher's worker (top level, so it pickles by name).
+    """
 
     The run sets its own thread count (its config's ``threads``), wherever it trains.
     """
@@ -152,6 +165,30 @@ def _train_in_lockstep(todo: list[tuple[RunConfig, Path]], size: int, finish: Ca
     return rest
 
 
+def local_launcher(jobs: int = 1, lockstep: int = 32) -> Launcher:
+    """Train runs on this machine.
+
+    On a GPU, up to ``lockstep`` runs that can share CUDA graphs train together in this process,
+    each on its own stream, with the results each would get alone (:mod:`freezelab.study.lockstep`).
+    The other runs train ``jobs`` at a time in worker processes (each with its config's
+    ``threads``), or in this process with ``jobs=1``.
+    """
+
+    def launch(todo: list[tuple[RunConfig, Path]], finish: Callable[[RunOutcome], None]) -> None:
+        if lockstep > 1:
+            todo = _train_in_lockstep(todo, lockstep, finish)
+        if jobs <= 1 or len(todo) <= 1:
+            for cfg, run_dir in todo:
+                try:
+                    finish(RunOutcome(run_dir, "done", train_one(cfg.to_dict(), str(run_dir))))
+                except Exception as e:  # noqa: BLE001 - reported per run, the others go on
+                    finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
+            return
+        _train_in_workers(todo, jobs, finish)
+
+    return launch
+
+
 def run_experiment(
     experiment: Experiment,
     runs_dir: str | Path,
@@ -159,17 +196,27 @@ def run_experiment(
     jobs: int = 1,
     lockstep: int = 32,
     on_result: Callable[[RunOutcome], None] | None = None,
+    launcher: Launcher | None = None,
 ) -> list[RunOutcome]:
-    """Train every unfinished run of ``experiment`` under ``runs_dir``.
+    """Train every unfinished run of ``experiment`` under ``runs_dir``; one outcome per run.
 
-    On a GPU, up to ``lockstep`` runs that can share CUDA graphs train together in this process,
-    each on its own stream, with the results each would get alone (:mod:`freezelab.study.lockstep`).
-    The other runs train ``jobs`` at a time in worker processes, each with its config's
-    ``threads``, so the results do not depend on ``jobs``. A failing run (a diverged loss, say)
-    is reported in its outcome and does not stop the others; every finished run stays on disk.
-    A :class:`KeyboardInterrupt` (Ctrl-C) stops the workers at once and propagates.
+    ``launcher`` says where the unfinished runs train; the default is
+    ``local_launcher(jobs, lockstep)``. Under torchrun every rank calls this with the same
+    arguments and the runs train one after another over all ranks (no worker processes, no
+    lockstep: the graph path is off under DDP). A failing run (a diverged loss, say) is reported
+    in its outcome and does not stop the others; every finished run stays on disk. Each run
+    trains with its config's ``threads``, so the results do not depend on ``jobs`` or the launcher.
+    A :class:`KeyboardInterrupt` (Ctrl-C) stops local workers at once and propagates.
     """
     record.check_writable(Path(runs_dir) / experiment.name)  # a wrong --runs-dir fails once, before any run
+    if ddp.active():
+        if launcher is not None or jobs > 1:
+            raise ConfigError(
+                f"under torchrun ({ddp.world_size()} processes) the runs train one after another over all ranks; "
+                "drop --jobs and --launcher (or run the sweep without torchrun)"
+            )
+        launcher = local_launcher(jobs=1, lockstep=1)
+    launcher = launcher or local_launcher(jobs, lockstep)
     todo: list[tuple[RunConfig, Path]] = []
     outcomes: list[RunOutcome] = []
     experiment.write_manifest(runs_dir)
@@ -190,16 +237,8 @@ def run_experiment(
         if on_result:
             on_result(outcome)
 
-    if lockstep > 1:
-        todo = _train_in_lockstep(todo, lockstep, finish)
-    if jobs <= 1 or len(todo) <= 1:
-        for cfg, run_dir in todo:
-            try:
-                finish(RunOutcome(run_dir, "done", _train_one(cfg.to_dict(), str(run_dir))))
-            except Exception as e:  # noqa: BLE001 - reported per run, the others go on
-                finish(RunOutcome(run_dir, "failed", error=f"{type(e).__name__}: {e}"))
-        return outcomes
-    _train_in_workers(todo, jobs, finish)
+    if todo:
+        launcher(todo, finish)
     return outcomes
 
 
@@ -222,7 +261,7 @@ def _train_in_workers(todo: list[tuple[RunConfig, Path]], jobs: int, finish: Cal
                     jobs, threads, _cpus())
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
     try:
-        futures = {pool.submit(_train_one, cfg.to_dict(), str(run_dir)): run_dir for cfg, run_dir in todo}
+        futures = {pool.submit(train_one, cfg.to_dict(), str(run_dir)): run_dir for cfg, run_dir in todo}
         for fut in as_completed(futures):
             run_dir = futures[fut]
             try:
