@@ -15,6 +15,22 @@ from freezelab.run import build_schedule
 from freezelab.study import Experiment, ExperimentError, load_experiment
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIG = {p.stem: p for p in CONFIGS}
+#: What a shipped config may use before it lands on main, and where it comes from (issue 14). Only these
+#: make a config's test skip; any other unknown name still fails. Delete an entry once it has landed.
+PENDING = {"vit_tiny32": "the model from branch models", "augment": "the run option the integrator adds"}
+
+
+def pending(path: Path) -> str | None:
+    """Why ``path`` cannot load yet (a PENDING name it uses is not on this branch), else None."""
+    from dataclasses import fields
+
+    from freezelab.models import list_models
+
+    base = (load_yaml(path.read_text()) or {}).get("base", {})
+    missing = [base.get("model")] if base.get("model") in PENDING and base.get("model") not in list_models() else []
+    missing += [k for k in base if k in PENDING and k not in {f.name for f in fields(RunConfig)}]
+    return ", ".join(f"{name} ({PENDING[name]})" for name in missing) or None
 BASE = {"dataset": "digits", "epochs": 2, "model_args": {"hidden": [16]}}
 
 
@@ -179,6 +195,8 @@ def test_overrides_patch_base_narrow_the_grid_and_keep_the_files_first_seeds(tmp
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_loads_and_validates(path):
+    if why := pending(path):
+        pytest.skip(f"{path.name} needs {why}, not on this branch yet")
     e = load_experiment(path)
     configs = e.configs()
     assert e.name == path.stem
@@ -190,9 +208,18 @@ def test_every_shipped_config_loads_and_validates(path):
 
 
 def test_shipped_configs_match_their_seeds():
-    seed001 = {c.variant: c for c in load_experiment(CONFIGS[1]).configs() if c.seed == 42}
+    seed001 = {c.variant: c for c in load_experiment(CONFIG['seed001_mnist']).configs() if c.seed == 42}
     assert set(seed001) == {"standard", "alternate-epoch"}
     c = seed001["alternate-epoch"]
     assert (c.dataset, c.recipe, c.model, c.optimizer, c.lr, c.batch_size) == ("mnist", "mnist10k_80_20", "seed001_mlp", "adam", 0.001, 128)
-    seed004 = load_experiment(CONFIGS[2]).configs()
+    seed004 = load_experiment(CONFIG['seed004_fashion']).configs()
     assert len(seed004) == 6 * 2 * 5 and "relu_adam_standard" in {c.variant for c in seed004}
+
+
+def test_a_dotted_set_changes_one_entry_of_a_mapping(tmp_path):
+    path = write(tmp_path, "experiment: t\nbase: {dataset: digits, epochs: 1, model_args: {hidden: [16], dropout: 0.1}}\n")
+    (cfg,) = load_experiment(path, {"model_args.hidden": [8]}).configs()
+    assert cfg.model_args == {"hidden": [8], "dropout": 0.1}
+    assert load_yaml(path.read_text())["base"]["model_args"]["hidden"] == [16]
+    with pytest.raises(ExperimentError, match=r"--set epochs.x: epochs is 1, not a mapping; set epochs itself"):
+        load_experiment(path, {"epochs.x": 2})
