@@ -97,6 +97,10 @@ class RunConfig:
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
+    # Two group names, e.g. [lora, norm]: each epoch, how their steps interact on the probe batch
+    # (grad_cosine between them, and the loss interaction on a held-out batch: one double backward).
+    # None: grad_cosine compares the first two schedulable groups and nothing more is computed.
+    interference: list[str] | None = None
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
     tensorboard: bool = False  # also write the per-epoch log as TensorBoard scalars (run_dir/tensorboard)
     # Seconds between two checkpoints; the epochs tables are written with each, after the last
@@ -156,6 +160,12 @@ class RunConfig:
         )
         need(isinstance(self.schedule, dict) and "name" in self.schedule, "schedule must be a mapping with a 'name'")
         need(isinstance(self.groups, dict), "groups must be a mapping such as {by: depth, blocks: 2}")
+        pair = self.interference
+        need(
+            pair is None or (isinstance(pair, list) and len(pair) == 2 and all(isinstance(g, str) for g in pair) and pair[0] != pair[1]),
+            f"interference names two different groups, e.g. [lora, norm], or is null; got {pair!r}",
+        )
+        need(pair is None or self.grad_stats, "interference is measured on the gradient probe: set grad_stats: true or interference: null")
 
 
 def _closest(word: str, options: set[str]) -> str | None:

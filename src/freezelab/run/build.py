@@ -26,6 +26,7 @@ from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from .memory import PeakMemory
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
@@ -90,6 +91,7 @@ class Run:
     freezer: Freezer
     batches: IndexBatches
     lr_at: Any
+    memory: PeakMemory = dataclasses.field(default_factory=PeakMemory)  # peak CUDA memory per trainable set
 
     @property
     def steps_per_epoch(self) -> int:
@@ -124,6 +126,9 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     model = _build_model(cfg, data).to(device)
     example = data.train.x[:2]
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
+    unknown = [g for g in cfg.interference or () if g not in gs.names]
+    if unknown:
+        raise ConfigError(f"interference names group {unknown[0]!r}, which the model's groups do not have; choose two of {list(gs.names)}")
     # A schedule with per-group learning rates (FreezeOut's annealing) needs a param group per group.
     params = param_groups_by_group(model, gs) if schedule.scales_lr else model.parameters()
     optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay,
@@ -135,7 +140,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, PeakMemory(device))
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:

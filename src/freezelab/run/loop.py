@@ -114,8 +114,7 @@ class Training:
             record.write_config(self.run_dir, {**cfg.to_dict(), "schedule_description": run.schedule.describe()})
             record.write_plan(self.run_dir, plan.to_dict())
             self.start_epoch, self._rng = record.resume(run, self.run_dir, self.rows, self.step_rows)
-        if run.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(run.device)
+        run.memory.start()
         self.board = _tensorboard(cfg, self.run_dir)
         if cfg.grad_stats:
             metrics.warm_up_jvp()
@@ -152,7 +151,8 @@ class Training:
         """
         run, cfg = self.run, self.run.config
         t0 = time.perf_counter()
-        row = epoch_row(run, epoch, stepped, train_time, self.measure())
+        with run.memory.phase():  # the evaluation's peak is its own, not the last trainable set's
+            row = epoch_row(run, epoch, stepped, train_time, self.measure())
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
         if not math.isfinite(row["train_loss"]):
             # Keep the finished epochs (close() writes them); the diverged epoch is not saved.
@@ -163,7 +163,7 @@ class Training:
             )
         self.rows.append(row)
         if cfg.log_steps:
-            self.step_rows.append(step_frame(epoch, run.steps_per_epoch, stepped))
+            self.step_rows.append(step_frame(run, epoch, stepped))
         self._unsaved = epoch
         if epoch + 1 == cfg.epochs or time.monotonic() - self._saved_at >= cfg.save_every_s:
             record.save_progress(run, self.run_dir, self.rows, self.step_rows, epoch)
@@ -178,7 +178,8 @@ class Training:
         """The summary (written to the run folder) and the whole result."""
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
-        summary = summarize(self.run, epochs_df)
+        with self.run.memory.phase():
+            summary = summarize(self.run, epochs_df, steps_df)
         if self.run_dir is not None:
             record.write_summary(self.run_dir, summary)
         return RunResult(self.run.config, epochs_df, steps_df, summary, self.run_dir, self.run.model)
