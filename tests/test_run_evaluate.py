@@ -72,3 +72,33 @@ def test_interference_needs_the_probe_and_groups_the_model_has():
     with pytest.raises(ConfigError, match=r"interference names group 'lora', which the model's groups do not have; "
                                           r"choose two of \['first', 'second'\]"):
         build_run({**TINY, "interference": ["lora", "first"]})
+
+
+gpu = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (run on the device machine)")
+
+
+@gpu
+@pytest.mark.gpu
+def test_graphed_interference_equals_eager_and_follows_the_lr():
+    """The graph path replays the probe (double backward included); the LR is applied on the host per epoch."""
+    import torch
+
+    cfg = {**TINY, "device": "cuda", "epochs": 3, "lr_schedule": "cosine", "interference": ["first", "second"]}
+    ref = train({**cfg, "fast": "off"}, progress=False)
+    fast = train({**cfg, "fast": "graph", "compile": "off"}, progress=False)
+    assert fast.summary["peak_mem_bytes"] > 0
+    for col in ("grad_cosine", "delta_loss:first", "delta_loss:second", "interference_loss"):
+        torch.testing.assert_close(torch.tensor(fast.epochs[col].tolist()), torch.tensor(ref.epochs[col].tolist()),
+                                   rtol=1e-2, atol=1e-6, msg=col)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("fast", ["off", "graph"])
+def test_every_trainable_set_has_its_own_cuda_peak(fast):
+    """Needs the steppers to call ``run.memory.track(fz.trainable)`` after each ``fz.step`` (issue 14)."""
+    result = train({**TINY, "device": "cuda", "fast": fast, "compile": "off"}, progress=False)
+    sets, summary = result.summary["trainable_sets"], result.summary
+    assert all(isinstance(s["peak_mem_bytes"], int) and s["peak_mem_bytes"] > 0 for s in sets.values()), sets
+    peaks = [s["peak_mem_bytes"] for s in sets.values()] + [summary["peak_mem_bytes_evaluation"]]
+    assert summary["peak_mem_bytes"] >= max(peaks)  # the overall peak also covers the moments before the first step
