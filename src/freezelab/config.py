@@ -73,6 +73,7 @@ class RunConfig:
     data_root: str | None = None  # None: $FREEZELAB_DATA, else the user cache dir
     download: bool = False  # fetch a missing dataset through torchvision (needs a network)
     subset: int | None = None  # keep the first N training examples (quick checks, CI)
+    augment: str = "none"  # none | crop_flip | flip: on the device, seeded by (seed, epoch, step)
     # -- the model and its groups ------------------------------------------------------------
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"hidden": [256, 128]}
@@ -95,6 +96,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 for image models on CUDA
+    channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
     # Two group names, e.g. [lora, norm]: each epoch, how their steps interact on the probe batch
@@ -149,6 +152,9 @@ class RunConfig:
         )
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
+        need(self.augment in ("none", "crop_flip", "flip"), f"augment must be none, crop_flip or flip, got {self.augment!r}")
+        need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(
             isinstance(self.save_every_s, (int, float)) and not isinstance(self.save_every_s, bool) and self.save_every_s >= 0,
             f"save_every_s is a number of seconds >= 0 (0: a checkpoint after every epoch), got {self.save_every_s!r}",

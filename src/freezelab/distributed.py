@@ -175,8 +175,17 @@ class FreezingDDP:
         must call it at the same steps: switching is collective.
         """
         changed = self.freezer.step(clock)
-        self._use(tuple(p.requires_grad for p in self.model.parameters()))
+        self.follow()
         return changed
+
+    def follow(self) -> None:
+        """Use the wrapper of the model's current trainable set, for a loop that calls ``freezer.step`` itself.
+
+        What :meth:`step` does after the schedule: freezelab's own loop steps the Freezer and then
+        calls this before the forward pass (:class:`freezelab.run.ddp.RunDDP`). Collective when the
+        set changed, like :meth:`step`.
+        """
+        self._use(tuple(p.requires_grad for p in self.model.parameters()))
 
     @property
     def ddp(self) -> DistributedDataParallel:

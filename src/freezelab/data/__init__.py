@@ -23,7 +23,7 @@ disk), ``registry`` (names, recipes, ``load_dataset``), ``splits`` (tensor conta
 ``batching`` (batch order, DataLoader), ``augment`` (crop, flip, resize on the device).
 """
 
-from .augment import augment_crop_flip, crop_flip_params, resize_batch
+from .augment import apply_crop_flip, augment_crop_flip, crop_flip_params, epoch_crop_flip_params, resize_batch
 from .batching import IndexBatches, as_dataloader, batches, random_crop_flip, steps_per_epoch
 from .cache import cache_root
 from .registry import Recipe, keep_classes, list_datasets, list_recipes, load_dataset, random_split_indices
@@ -39,6 +39,8 @@ __all__ = [
     "Split",
     "as_dataloader",
     "augment_crop_flip",
+    "apply_crop_flip",
+    "epoch_crop_flip_params",
     "batches",
     "cache_root",
     "crop_flip_params",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["augment_crop_flip", "crop_flip_params", "resize_batch"]
+__all__ = ["augment_crop_flip", "apply_crop_flip", "crop_flip_params", "epoch_crop_flip_params", "resize_batch"]
 
 _AUGMENT_STREAM = 0x617567  # "aug": keeps these seeds apart from the batch order's SeedSequence([seed, epoch])
 
@@ -70,17 +70,39 @@ def augment_crop_flip(
     """
     if x.ndim != 4:
         raise ValueError(f"augment_crop_flip needs an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    params = crop_flip_params(len(x), seed=seed, epoch=epoch, step=step, padding=padding, flip=flip)
+    out = apply_crop_flip(x, *(t.to(x.device, non_blocking=True) for t in params), padding=padding)
+    return resize_batch(out, out_size) if out_size is not None else out
+
+
+def apply_crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flipped: Tensor, *, padding: int) -> Tensor:
+    """Crop and flip an (N, C, H, W) batch with given draws (on ``x``'s device): device work only.
+
+    The part of :func:`augment_crop_flip` that a CUDA graph can capture: the draws are inputs,
+    so a graph replays it with the draws of the step it is at (:func:`epoch_crop_flip_params`).
+    """
     n, c, h, w = x.shape
-    dy, dx, flipped = (t.to(x.device, non_blocking=True) for t in crop_flip_params(
-        n, seed=seed, epoch=epoch, step=step, padding=padding, flip=flip
-    ))
     padded = F.pad(x, (padding,) * 4) if padding else x
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H): source rows of each output row
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (N, W): source columns, reversed where flipped
     cols = torch.where(flipped[:, None], cols.flip(1), cols)
     out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, padded.shape[3]))
-    out = out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-    return resize_batch(out, out_size) if out_size is not None else out
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def epoch_crop_flip_params(
+    batch_sizes: list[int], *, seed: int, epoch: int, padding: int = 4, flip: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The draws of every step of an epoch, concatenated in batch order (step ``i`` of size ``batch_sizes[i]``).
+
+    Exactly the draws :func:`augment_crop_flip` makes step by step, so a fast path that uploads
+    them once per epoch and indexes them on the device augments bit-identically.
+
+    >>> dy, dx, flipped = epoch_crop_flip_params([512] * 97 + [336], seed=0, epoch=3)
+    """
+    draws = [crop_flip_params(n, seed=seed, epoch=epoch, step=i, padding=padding, flip=flip)
+             for i, n in enumerate(batch_sizes)]
+    return tuple(torch.cat(parts) for parts in zip(*draws))  # type: ignore[return-value]
 
 
 def resize_batch(x: Tensor, out_size: int | tuple[int, int]) -> Tensor:

@@ -21,11 +21,12 @@ from torch import nn
 
 from .. import groups as groups_mod
 from ..config import ConfigError, RunConfig
-from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset
+from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset, resize_batch
 from ..freezer import BN_STATS, POLICIES, Freezer
 from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
+from .inputs import Inputs
 from .memory import PeakMemory
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
@@ -91,6 +92,7 @@ class Run:
     freezer: Freezer
     batches: IndexBatches
     lr_at: Any
+    inputs: Inputs
     memory: PeakMemory = dataclasses.field(default_factory=PeakMemory)  # peak CUDA memory per trainable set
 
     @property
@@ -124,7 +126,12 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
         request = data_request(cfg, device)
         data = data.load(request) if data is not None else load_dataset(**request)
     model = _build_model(cfg, data).to(device)
-    example = data.train.x[:2]
+    images = data.train.x.ndim == 4
+    if cfg.augment != "none" and not images:
+        raise ConfigError(f"augment: {cfg.augment} needs a model that takes images; model {cfg.model!r} takes flat "
+                          "vectors (use augment: none, or an image model such as small_cnn)")
+    size = _input_size(cfg)
+    example = resize_batch(data.train.x[:2], size) if size is not None else data.train.x[:2]
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
     unknown = [g for g in cfg.interference or () if g not in gs.names]
     if unknown:
@@ -138,15 +145,24 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     spe = batches.steps_per_epoch
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
-                    train_size=len(data.train.y), scales_lr=freezer.scales_lr,
+                    train_size=len(data.train.y), scales_lr=freezer.scales_lr, images=images,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, PeakMemory(device))
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same tensors
+    inputs = Inputs(augment=cfg.augment, seed=cfg.seed, size=size, channels_last=plan.channels_last,
+                    bf16=plan.precision == "bf16", device_type=device.type)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, PeakMemory(device))
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     """The :func:`~freezelab.data.load_dataset` arguments of a run: runs with equal ones can share the data."""
     return {"name": cfg.dataset, "root": cfg.data_root, "recipe": cfg.recipe, "seed": cfg.seed,
             "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download, "device": device}
+
+
+def _input_size(cfg: RunConfig) -> int | None:
+    """The square image side the model takes, when it is not the data's own (a ViT-S/16: 224 px)."""
+    return 224 if cfg.model == "vit_s16" else None
 
 
 def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:

@@ -100,16 +100,24 @@ def compiled_loss() -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
 
 # -- the step's bookkeeping: batch gather, learning rate, loss log ------------------------------------
 def gather_batch(x: Tensor, y: Tensor, perm: Tensor, pos: Tensor, offsets: Tensor, lrs: Tensor, lr_now: Tensor,
-                 tail_start: int | None) -> tuple[Tensor, Tensor]:
-    """The step's batch and learning rate, read from device tensors (the graph path's inputs).
+                 tail_start: int | None, draws: tuple[Tensor, ...] | None = None
+                 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
+    """The step's batch, its augmentation draws and learning rate, read from device tensors (the graph path's inputs).
 
     ``pos`` is the step within the epoch, ``perm`` the epoch's order, ``lrs`` the epoch's
-    learning rates; ``tail_start`` is where the smaller last batch starts, for that batch.
+    learning rates; ``tail_start`` is where the smaller last batch starts, for that batch;
+    ``draws`` the epoch's augmentation draws in batch order (``None`` without augmentation).
     Compiled, the index arithmetic and both gathers become two kernels instead of seven.
     """
-    idx = perm[tail_start:] if tail_start is not None else perm.index_select(0, offsets + pos * offsets.numel())
+    rows = offsets + pos * offsets.numel()
+
+    def this_batch(t: Tensor) -> Tensor:  # the step's slice of an epoch-long tensor in batch order
+        return t[tail_start:] if tail_start is not None else t.index_select(0, rows)
+
+    idx = this_batch(perm)
     lr_now.copy_(lrs.index_select(0, pos).view(()))
-    return x.index_select(0, idx), y.index_select(0, idx)
+    batch_draws = tuple(this_batch(d) for d in draws) if draws is not None else None
+    return x.index_select(0, idx), y.index_select(0, idx), batch_draws
 
 
 def record_loss(losses: Tensor, pos: Tensor, loss: Tensor) -> None:

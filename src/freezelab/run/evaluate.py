@@ -12,6 +12,7 @@ summary adds, per trainable set, its steps, trainable parameters, step time and 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from .memory import EVALUATION, set_label
 
 if TYPE_CHECKING:
     from .build import Run
+    from .inputs import Inputs
     from .steppers import StepRecord
 
 __all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize"]
@@ -33,11 +35,18 @@ SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc", "test_ece"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, ...]:
-    """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: Inputs | None = None) -> tuple[torch.Tensor, ...]:
+    """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins).
+
+    ``inputs``: the run's input pipeline (resize, layout, precision; never augmentation); ``None``
+    feeds the stored tensors as they are, in float32.
+    """
+    chunk = inputs.eval_chunk if inputs is not None else 8192
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(x[i : i + chunk]) for i in range(0, len(y), chunk)])
+    with inputs.autocast() if inputs is not None else contextlib.nullcontext():
+        logits = torch.cat([model(inputs.eval(x[i : i + chunk]) if inputs is not None else x[i : i + chunk])
+                            for i in range(0, len(y), chunk)])
     model.train(was_training)
     loss = nn.functional.cross_entropy(logits.float(), y)
     acc = (logits.argmax(1) == y).float().mean()
@@ -53,10 +62,11 @@ def probe_statistics(run: Run) -> dict[str, Any]:
     gradient whatever the schedule froze. The groups are the config's ``interference`` pair,
     else the first two schedulable ones; with ``interference`` set, the loss interaction on a
     held-out batch (the first ``batch_size`` validation examples) is measured too. The model's
-    parameters, buffers, gradients and trainable set are left exactly as they were.
+    parameters, buffers, gradients and trainable set are left exactly as they were. The probe
+    runs in float32 whatever the run's precision (statistics, not training), on unaugmented inputs.
     """
     model, fz = run.model, run.freezer
-    x, y = run.data.train.x[: run.config.batch_size], run.data.train.y[: run.config.batch_size]
+    x, y = run.inputs.eval(run.data.train.x[: run.config.batch_size]), run.data.train.y[: run.config.batch_size]
     managed = [p for g in run.groups for p in run.groups.params(model, g.name)]
     saved_flags = [p.requires_grad for p in managed]
     saved_buffers = [b.detach().clone() for b in model.buffers()]
@@ -77,7 +87,7 @@ def probe_statistics(run: Run) -> dict[str, Any]:
             a, b = run.groups[pair[0]].param_names, run.groups[pair[1]].param_names
             out["cosine"] = metrics.function_space_cosine(model, a, b, x)
             if run.config.interference:
-                held_out = (run.data.val.x[: len(y)], run.data.val.y[: len(y)])
+                held_out = (run.inputs.eval(run.data.val.x[: len(y)]), run.data.val.y[: len(y)])
                 out["interaction"] = metrics.loss_interaction(model, a, b, held_out)
     finally:
         for p, flag in zip(managed, saved_flags):
@@ -96,8 +106,8 @@ def measure_epoch(run: Run) -> dict[str, Any]:
     so, this is replayed from a CUDA graph (:func:`freezelab.run.steppers.graphed`).
     """
     model, data = run.model, run.data
-    val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y)
-    test_loss, test_acc, test_ece, _ = evaluate(model, data.test.x, data.test.y)
+    val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y, run.inputs)
+    test_loss, test_acc, test_ece, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
     probe = probe_statistics(run) if run.config.grad_stats else {}
     scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc, test_ece)))
     return {"scalars": scalars, "probe": probe}
@@ -197,7 +207,7 @@ def summarize(run: Run, epochs: pd.DataFrame, steps: pd.DataFrame | None = None)
     val_acc = epochs["val_acc"].tolist()
     best = max(val_acc)
     target = cfg.target_acc if cfg.target_acc is not None else 0.9 * best
-    test_nll, _, test_ece, logits = evaluate(model, data.test.x, data.test.y)
+    test_nll, _, test_ece, logits = evaluate(model, data.test.x, data.test.y, run.inputs)
     _, bins = metrics.expected_calibration_error(logits.float(), data.test.y)
     early = [c for c in epochs.columns if c.startswith("grad_mean_abs:") and c.endswith("weight")][:2]
     train_time = float(epochs["train_time_s"].sum())
@@ -232,6 +242,9 @@ def summarize(run: Run, epochs: pd.DataFrame, steps: pd.DataFrame | None = None)
         "mean_grad_cosine": _mean(epochs, "grad_cosine"),
         "mean_interference_loss": _mean(epochs, "interference_loss"),
         "mean_interference_ratio": _mean(epochs, "interference_ratio"),
+        "data_source": data.source,
+        "precision": run.plan.precision,
+        "augment": cfg.augment,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_version": torch.__version__,
     }

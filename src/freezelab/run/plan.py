@@ -95,6 +95,10 @@ class ExecutionPlan:
     measurements_reason: str
     lockstep_key: tuple | None  # runs with equal keys can share one GraphStepper; None: this one cannot
     lockstep_reason: str
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast of the forward pass)
+    precision_reason: str = "float32 throughout"
+    channels_last: bool = False  # image batches and conv weights in NHWC layout
+    channels_last_reason: str = "not an image model"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -104,14 +108,16 @@ class ExecutionPlan:
 
 def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_sets: Callable[[int], int],
              optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int,
-             scales_lr: bool = False) -> ExecutionPlan:
+             scales_lr: bool = False, images: bool = False) -> ExecutionPlan:
     """The plan of a built run.
 
     ``dropout``: the model has dropout; ``trainable_sets(enough)``: how many distinct trainable
     sets the schedule visits, counted up to ``enough`` (only asked when it matters);
     ``optimizer``: the built optimizer (is there a compiled update for it?); ``scales_lr``: the
-    schedule sets per-group learning rates.
+    schedule sets per-group learning rates; ``images``: the model takes NCHW images.
     """
+    precision, precision_reason = _precision(cfg, device, images)
+    channels_last, channels_last_reason = _channels_last(cfg, device, images)
     from .compiled import has_compiled_update
 
     why_not_graph = graph_unsupported(cfg, device, scales_lr=scales_lr)
@@ -156,13 +162,42 @@ def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_s
         measurements_reason=shared_reason,
         lockstep_key=(str(device), steps_per_epoch, train_size, cfg.batch_size) if shared else None,
         lockstep_reason=shared_reason,
+        precision=precision,
+        precision_reason=precision_reason,
+        channels_last=channels_last,
+        channels_last_reason=channels_last_reason,
     )
 
 
+def _precision(cfg: RunConfig, device: torch.device, images: bool) -> tuple[str, str]:
+    """bf16 autocast where asked, or (``auto``) for image models on CUDA, whose convolutions and
+    attention run on tensor cores at bf16 rates; MLP recipes stay float32, as their seeds ran."""
+    if cfg.precision == "bf16":
+        return "bf16", "precision: bf16"
+    if cfg.precision == "fp32":
+        return "fp32", "precision: fp32"
+    if device.type == "cuda" and images:
+        return "bf16", "precision: auto, an image model on CUDA"
+    return "fp32", "precision: auto, " + ("not an image model" if device.type == "cuda" else "bf16 pays off on CUDA only")
+
+
+def _channels_last(cfg: RunConfig, device: torch.device, images: bool) -> tuple[bool, str]:
+    """NHWC where asked, or (``auto``) for image models on CUDA: cuDNN's fast convolution kernels are NHWC."""
+    if cfg.channels_last == "on":
+        if not images:
+            raise ConfigError(f"channels_last: on needs a model that takes images; model {cfg.model!r} takes flat vectors")
+        return True, "channels_last: on"
+    if cfg.channels_last == "off":
+        return False, "channels_last: off"
+    if not images:
+        return False, "channels_last: auto, not an image model"
+    return device.type == "cuda", "channels_last: auto, " + ("an image model on CUDA" if device.type == "cuda" else "NCHW on the CPU")
+
+
 def log_plan(cfg: RunConfig, plan: ExecutionPlan) -> None:
-    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s",
+    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s; %s%s",
              cfg.variant or cfg.experiment, cfg.seed, plan.stepper, plan.stepper_reason, plan.compiled,
-             plan.compile_reason, plan.graphed_measurements)
+             plan.compile_reason, plan.graphed_measurements, plan.precision, ", channels-last" if plan.channels_last else "")
 
 
 @contextlib.contextmanager

@@ -76,6 +76,8 @@ class EagerStepper:
         cuda = run.device.type == "cuda"
         losses = torch.empty(spe, device=run.device)
         trainable, fractions, marks = [], [], []
+        inputs = run.inputs
+        draws = inputs.epoch_draws(epoch=epoch, batch_sizes=batch_sizes(len(perm), bs), device=run.device)
         for i in range(spe):
             step = epoch * spe + i
             if self.timed:
@@ -83,8 +85,11 @@ class EagerStepper:
             fz.step(Clock.at(step, spe, epochs))
             opt = fz.optimizer
             self.set_lr(step)
-            idx = perm[i * bs : (i + 1) * bs]
-            loss = model_loss(model, x[idx], y[idx])
+            batch = slice(i * bs, (i + 1) * bs)
+            idx = perm[batch]
+            xb = inputs.train(x[idx], tuple(d[batch] for d in draws) if draws is not None else None)
+            with inputs.autocast():
+                loss = model_loss(model, xb, y[idx])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -96,6 +101,12 @@ class EagerStepper:
         if self.timed:
             marks.append(_mark(cuda))
         return StepRecord(losses, trainable, fractions, _durations(marks, cuda))
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The size of each batch of an epoch over ``n`` examples (the last one may be smaller)."""
+    full, tail = divmod(n, batch_size)
+    return [batch_size] * full + ([tail] if tail else [])
 
 
 def _mark(cuda: bool):
@@ -137,6 +148,10 @@ class _Member:
         self.losses = torch.zeros(run.steps_per_epoch, device=dev)
         self.lr_now = torch.tensor(float(run.lr_at(0)), device=dev)
         self.offsets = torch.arange(self.bs, device=dev)
+        self.inputs = run.inputs
+        # The epoch's augmentation draws in batch order, indexed like ``perm`` inside the graphs.
+        self.draws = tuple(torch.zeros(n, dtype=dtype, device=dev) for dtype in (torch.long, torch.long, torch.bool)) \
+            if run.inputs.augments else None
         for group in run.freezer.optimizer.param_groups:
             group["lr"] = self.lr_now
             if "capturable" in group:
@@ -153,6 +168,10 @@ class _Member:
         spe, epochs = run.steps_per_epoch, run.config.epochs
         clocks = [Clock.at(epoch * spe + i, spe, epochs) for i in range(spe)]
         self.perm.copy_(perm)
+        if self.draws is not None:
+            fresh = self.inputs.epoch_draws(epoch=epoch, batch_sizes=batch_sizes(len(perm), self.bs), device=run.device)
+            for d, value in zip(self.draws, fresh):
+                d.copy_(value)
         self.lrs.copy_(torch.tensor([float(run.lr_at(c.step)) for c in clocks], device=run.device))
         self.pos.zero_()
         return clocks, [run.freezer.wanted(c) for c in clocks]
@@ -160,9 +179,12 @@ class _Member:
     def one_step(self, tail: bool) -> None:
         """Forward, backward and update of one batch, reading every input from device tensors."""
         run = self.run
-        xb, yb = self.gather(run.data.train.x, run.data.train.y, self.perm, self.pos, self.offsets, self.lrs,
-                             self.lr_now, self.full_steps * self.bs if tail else None)
-        loss = self.loss(run.model, xb, yb)
+        tail_start = self.full_steps * self.bs if tail else None
+        xb, yb, draws = self.gather(run.data.train.x, run.data.train.y, self.perm, self.pos, self.offsets, self.lrs,
+                                    self.lr_now, tail_start, self.draws)
+        xb = self.inputs.train(xb, draws)
+        with self.inputs.autocast():
+            loss = self.loss(run.model, xb, yb)
         loss.backward()
         self.update()
         run.freezer.optimizer.zero_grad(set_to_none=True)
@@ -206,9 +228,10 @@ class GraphStepper:
     smaller last batch. Capturing first runs two real steps on a side stream (to create the
     optimizer state, library workspaces and compiled kernels) and then restores parameters,
     buffers and optimizer state bit for bit, so capturing never changes the training
-    trajectory. Dropout is the exception: replays draw their masks inside the graph and the
-    warm-up steps draw more, so a dropout model's masks (not their distribution)
-    differ from the eager path's.
+    trajectory. That includes the CUDA generator: the warm-up's dropout draws are undone, and
+    a replay advances the generator's Philox offset by what its kernels draw, as the eager
+    kernels do one by one, so a dropout model draws fresh masks every step, from the same
+    stream position as the eager loop (``tests/test_run_inputs.py`` checks the two agree).
 
     Several runs (``runs``) step in lockstep: each graph holds the same steps of every run,
     each run on its own CUDA stream, so the GPU overlaps their small kernels. Every run
@@ -256,6 +279,7 @@ class GraphStepper:
         Inductor's kernel benchmarking) must happen here, never inside the capture.
         """
         saved = [m.snapshot() for m in self.members]
+        rng = torch.cuda.get_rng_state(self.stream.device)  # the warm-up's dropout draws are undone too
         here = torch.cuda.current_stream()
         for m, stream in zip(self.members, self.streams):
             stream.wait_stream(here)
@@ -264,6 +288,7 @@ class GraphStepper:
             here.wait_stream(stream)
         for m, s in zip(self.members, saved):
             m.restore(s)
+        torch.cuda.set_rng_state(rng, self.stream.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             for m, stream in zip(self.members, self.streams):
