@@ -265,7 +265,7 @@ def loss_interaction(
     return torch.stack([along_a.detach(), _dot(h_b, g_b).detach(), cross.detach()]).float()
 
 
-def interaction_terms(raw: Tensor, lr: float) -> dict[str, float]:
+def interaction_terms(raw: Tensor | Sequence[float], lr: float) -> dict[str, float]:
     """:func:`loss_interaction`'s three numbers at learning rate ``lr``, as the run log names them.
 
     ``delta_a``/``delta_b``: first-order change of the held-out loss from each group's step
@@ -276,7 +276,7 @@ def interaction_terms(raw: Tensor, lr: float) -> dict[str, float]:
     >>> interaction_terms(torch.tensor([2.0, 2.0, 1.0]), lr=0.5)
     {'delta_a': -1.0, 'delta_b': -1.0, 'interaction': 0.25, 'ratio': 0.125}
     """
-    first_a, first_b, cross = (float(v) for v in raw.tolist())
+    first_a, first_b, cross = (float(v) for v in raw)
     delta_a, delta_b, interaction = -lr * first_a, -lr * first_b, lr * lr * cross
     gain = -(delta_a + delta_b)
     ratio = interaction / gain if gain != 0 else math.nan

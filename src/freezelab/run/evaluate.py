@@ -138,7 +138,7 @@ def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measu
     }
     if "interaction" in probe:
         a, b = run.config.interference
-        terms = metrics.interaction_terms(torch.tensor([host["_first_a"], host["_first_b"], host["_cross"]]), float(lr))
+        terms = metrics.interaction_terms((host["_first_a"], host["_first_b"], host["_cross"]), float(lr))
         row[f"delta_loss:{a}"], row[f"delta_loss:{b}"] = terms["delta_a"], terms["delta_b"]
         row["interference_loss"], row["interference_ratio"] = terms["interaction"], terms["ratio"]
     if "grad_stats" in probe:
