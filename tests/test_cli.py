@@ -80,7 +80,8 @@ def test_list_shows_the_registries():
         assert heading in everything.output
     schedules = invoke("list", "schedules").output
     assert "alternate" in schedules and "standard" in schedules and "seed001_mlp" not in schedules
-    assert "seed001_mlp" in invoke("list", "models").output
+    models = invoke("list", "models").output
+    assert "seed001_mlp" in models and "[images at 224 px; groups by kind]" in models
     assert "digits" in invoke("list", "datasets").output
     assert_error(invoke("list", "widgets"), "cannot list 'widgets'", "schedules")
 

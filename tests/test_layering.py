@@ -22,9 +22,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("groups", ("freezelab.groups",)),
     ("schedules", ("freezelab.schedules",)),
     ("freezer", ("freezelab.freezer", "freezelab")),  # the package itself re-exports the engine
-    # building blocks that know nothing of runs: data, models, optimizers, measurements
-    ("parts", ("freezelab.data", "freezelab.models", "freezelab.optim", "freezelab.metrics", "freezelab.flops",
-               "freezelab.stats")),
+    # building blocks that know nothing of runs: data, models (and their checkpoints / LoRA), optimizers, measurements
+    ("parts", ("freezelab.data", "freezelab.models", "freezelab.pretrained", "freezelab.optim", "freezelab.metrics",
+               "freezelab.flops", "freezelab.stats")),
     ("run", ("freezelab.run", "freezelab.integrations", "freezelab.distributed")),  # one training run; hosts' adapters and DDP beside it
     ("study", ("freezelab.study",)),
     ("report", ("freezelab.report",)),

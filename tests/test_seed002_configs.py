@@ -87,5 +87,6 @@ def test_fine_tuning_adapts_the_pretrained_base_on_the_other_classes():
     assert pre["base"]["model"] == FT["base"]["model"] == "vit_tiny32"
     run = f"runs/{pre['experiment']}/{next(iter(pre['schedules']))}/seed{pre['seeds'][0]}/checkpoint.pt"
     assert FT["base"]["model_args"]["checkpoint"] == run  # where `freezelab run` writes the pretraining checkpoint
+    assert FT["base"]["model_args"]["reinit"] == ["head"]  # same class count, other classes: a fresh head
     assert FT["base"]["model_args"]["lora"] == {"r": 8, "alpha": 16, "targets": ["qkv", "proj", "fc1", "fc2"]}
     assert FT["base"]["groups"] == {"by": "kind", "kinds": ["lora", "norm", "head"]}

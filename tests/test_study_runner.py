@@ -87,6 +87,17 @@ def test_the_same_schedule_spelled_out_is_not_a_change(finished):
     assert {o.status for o in outcomes} == {"skipped"}
 
 
+def test_groups_left_unset_and_the_models_default_spelled_out_are_one_run(finished, tmp_path):
+    assert run_folder.read_config(finished / "tiny/standard/seed0")["groups"] == {"by": "depth", "blocks": 2}
+    spelled = tiny(base={**BASE, "groups": {"by": "depth", "blocks": 2}})
+    assert {o.status for o in run_experiment(spelled, finished)} == {"skipped"}
+    cfg = tiny().configs()[0]
+    run_folder.write_config(tmp_path, {**cfg.to_dict(), "groups": None})  # a folder that kept "unset"
+    assert check_run_dir(tmp_path, cfg) is False  # unfinished, and no ConfigChanged
+    with pytest.raises(ConfigChanged, match="groups="):
+        check_run_dir(tmp_path, tiny(base={**BASE, "groups": {"by": "layers"}}).configs()[0])
+
+
 def test_check_run_dir_on_an_empty_folder(tmp_path):
     cfg = tiny().configs()[0]
     assert check_run_dir(tmp_path / "nothing-here", cfg) is False

@@ -241,13 +241,22 @@ def list_(what: str = typer.Argument("all", help="schedules, models, datasets, o
     """List what can be named in a config: schedules, models, datasets, optimizers, LR schedules, policies."""
     from .data import list_datasets
     from .freezer import POLICIES
-    from .models import list_models
+    from .models import list_models, model_info
     from .optim import list_lr_schedules, list_optimizers
     from .schedules import list_schedules
 
+    def models() -> dict[str, str]:
+        """Each model's description, what it takes and how its default groups split it."""
+        out = {}
+        for name, text in list_models().items():
+            info = model_info(name)
+            takes = f"images at {info.input_size} px" if info.input_size else "images" if info.images else "flat inputs"
+            out[name] = f"{text} [{takes}; groups by {info.groups['by']}]"
+        return out
+
     tables = {
         "schedules": list_schedules,
-        "models": list_models,
+        "models": models,
         "datasets": list_datasets,
         "optimizers": list_optimizers,
         "lr-schedules": list_lr_schedules,

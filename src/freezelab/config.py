@@ -78,7 +78,9 @@ class RunConfig:
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"hidden": [256, 128]}
     activation: str = "relu"
-    groups: dict[str, Any] = field(default_factory=lambda: {"by": "depth", "blocks": 2})
+    # None: the model's default groups from the registry (MLPs: {by: depth, blocks: 2}, the
+    # seeds' halves); a LoRA run's default is {by: kind, kinds: [lora, norm, head]}.
+    groups: dict[str, Any] | None = None
     # -- the schedule and how the optimizer follows it -----------------------------------------
     schedule: dict[str, Any] = field(default_factory=lambda: {"name": "standard"})
     policy: str = "keep"  # keep | recreate | remove | release
@@ -165,7 +167,9 @@ class RunConfig:
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
         need(isinstance(self.schedule, dict) and "name" in self.schedule, "schedule must be a mapping with a 'name'")
-        need(isinstance(self.groups, dict), "groups must be a mapping such as {by: depth, blocks: 2}")
+        need(self.groups is None or isinstance(self.groups, dict),
+             f"groups must be a mapping such as {{by: depth, blocks: 2}}, or null for the model's default; got {self.groups!r}")
+        need(isinstance(self.model_args, dict), f"model_args must be a mapping such as {{hidden: [256, 128]}}, got {self.model_args!r}")
         pair = self.interference
         need(
             pair is None or (isinstance(pair, list) and len(pair) == 2 and all(isinstance(g, str) for g in pair) and pair[0] != pair[1]),

@@ -23,17 +23,19 @@ from .. import groups as groups_mod
 from ..config import ConfigError, RunConfig
 from ..data import DatasetSplits, IndexBatches, list_datasets, load_dataset, resize_batch
 from ..freezer import BN_STATS, POLICIES, Freezer
-from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_options
+from ..models import ACTIVATIONS, build_model, has_dropout, list_models, model_info, model_options
 from ..optim import build_optimizer, list_lr_schedules, list_optimizers, lr_schedule, param_groups_by_group
+from ..pretrained import prepare, split_model_args
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
 from .inputs import Inputs
 from .memory import PeakMemory
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 
-__all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "IMAGE_MODELS"]
+__all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "groups_spec",
+           "input_size"]
 
-#: Models that take images as NCHW tensors (everything else gets flattened inputs).
-IMAGE_MODELS = {"small_cnn", "resnet18", "vit_s16"}
+#: The default groups of a LoRA run: seed 002's adapters, norms and head (the base is frozen).
+LORA_GROUPS = {"by": "kind", "kinds": ["lora", "norm", "head"]}
 
 
 def build_schedule(cfg: RunConfig) -> Schedule:
@@ -75,7 +77,31 @@ def check_config(cfg: RunConfig) -> Schedule:
         f"lr_schedule {cfg.lr_schedule!r} is unknown; choose from {sorted(list_lr_schedules())}",
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
+    split_model_args(cfg.model_args)[1].check()  # a bad LoRA spec or a missing checkpoint file
     return schedule
+
+
+def groups_spec(cfg: RunConfig) -> dict[str, Any]:
+    """The run's groups: ``cfg.groups``, or when it is unset the model's default from the registry.
+
+    A LoRA run's default is :data:`LORA_GROUPS`: wrapping freezes the base, which the model's own
+    default would have split. The resolved spec is what the run's folder records.
+    """
+    if cfg.groups is not None:
+        return cfg.groups
+    if split_model_args(cfg.model_args)[1].lora is not None:
+        return json.loads(json.dumps(LORA_GROUPS))
+    return model_info(cfg.model).groups
+
+
+def input_size(cfg: RunConfig) -> int | None:
+    """The image side the run's model takes (``None``: the data's own); the run resizes batches to it.
+
+    The registry's ``input_size``, unless the builder takes an ``img_size`` and ``model_args`` sets one.
+    """
+    if "img_size" in cfg.model_args and "img_size" in model_options(cfg.model):
+        return int(cfg.model_args["img_size"])
+    return model_info(cfg.model).input_size
 
 
 @dataclass
@@ -121,17 +147,19 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     schedule = check_config(cfg)
+    cfg = dataclasses.replace(cfg, groups=groups_spec(cfg))  # the folder records the groups used
     device = resolve_device(cfg.device)
     if data is None or isinstance(data, SharedData):
         request = data_request(cfg, device)
         data = data.load(request) if data is not None else load_dataset(**request)
-    model = _build_model(cfg, data).to(device)
     images = data.train.x.ndim == 4
     if cfg.augment != "none" and not images:
         raise ConfigError(f"augment: {cfg.augment} needs a model that takes images; model {cfg.model!r} takes flat "
                           "vectors (use augment: none, or an image model such as small_cnn)")
-    size = _input_size(cfg)
-    example = resize_batch(data.train.x[:2], size) if size is not None else data.train.x[:2]
+    size = input_size(cfg)
+    # Groups and the head are found by tracing a batch as the model sees it (a ViT-S/16 refuses 32 px).
+    example = resize_batch(data.train.x[:2], size) if size is not None and images else data.train.x[:2]
+    model = _build_model(cfg, data, example.cpu()).to(device)
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
     unknown = [g for g in cfg.interference or () if g not in gs.names]
     if unknown:
@@ -157,19 +185,20 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     """The :func:`~freezelab.data.load_dataset` arguments of a run: runs with equal ones can share the data."""
     return {"name": cfg.dataset, "root": cfg.data_root, "recipe": cfg.recipe, "seed": cfg.seed,
-            "flatten": cfg.model not in IMAGE_MODELS, "subset": cfg.subset, "download": cfg.download, "device": device}
+            "flatten": not model_info(cfg.model).images, "subset": cfg.subset, "download": cfg.download, "device": device}
 
 
-def _input_size(cfg: RunConfig) -> int | None:
-    """The square image side the model takes, when it is not the data's own (a ViT-S/16: 224 px)."""
-    return 224 if cfg.model == "vit_s16" else None
+def _build_model(cfg: RunConfig, data: DatasetSplits, example: torch.Tensor) -> nn.Module:
+    """Build the model under a generator seeded only by ``cfg.seed``: identical starts.
 
-
-def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
-    """Build the model under a generator seeded only by ``cfg.seed``: identical starts."""
+    Then load ``model_args.checkpoint`` and wrap in ``model_args.lora`` (:mod:`freezelab.pretrained`),
+    under the same seed, so re-initialised heads and LoRA weights are identical for identical seeds;
+    ``example`` (a CPU batch the model accepts) lets them find the head by tracing.
+    """
     shape = tuple(data.input_shape)
-    kwargs: dict[str, Any] = {"num_classes": data.num_classes, **cfg.model_args}
-    if cfg.model in IMAGE_MODELS:
+    builder_args, pretrained = split_model_args(cfg.model_args)
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes, **builder_args}
+    if model_info(cfg.model).images:
         kwargs.setdefault("in_channels", shape[0])
     else:
         kwargs.setdefault("in_features", math.prod(shape))
@@ -179,7 +208,8 @@ def _build_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
             raise ConfigError(f"model {cfg.model!r} has a fixed activation; use model 'mlp' to choose {cfg.activation!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, **kwargs)
+        model = build_model(cfg.model, **kwargs)
+        return prepare(model, pretrained, name=cfg.model, example_input=example)
 
 
 def _trainable_sets(freezer: Freezer, spe: int, epochs: int, enough: int) -> int:

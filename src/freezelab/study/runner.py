@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import ConfigError, RunConfig
 from ..run import record
+from ..run.build import groups_spec
 from ..run.plan import lockstep_candidate
 from ..schedules import ScheduleError, schedule_from_dict
 from .experiment import Experiment
@@ -51,6 +52,8 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
     wanted = cfg.to_dict()
     # {name: alternate, unit: epoch} and the same with its defaults spelled out are one schedule.
     saved["schedule"], wanted["schedule"] = _canonical(saved.get("schedule")), _canonical(wanted["schedule"])
+    # groups left unset are the model's default groups, which a run folder records resolved.
+    saved["groups"], wanted["groups"] = _resolved_groups(saved), _resolved_groups(wanted)
     diff = sorted(k for k in (set(saved) | set(wanted)) - _WHERE_NOT_WHAT if saved.get(k) != wanted.get(k))
     if diff:
         k = diff[0]
@@ -59,6 +62,15 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> bool:
             "write to another folder (--runs-dir, or --out for train) or remove that one to rerun it"
         )
     return record.is_finished(run_dir)
+
+
+def _resolved_groups(config: dict[str, Any]) -> Any:
+    if config.get("groups") is not None:
+        return config["groups"]
+    try:
+        return groups_spec(RunConfig.from_dict({k: config[k] for k in ("model", "model_args") if k in config}))
+    except (ConfigError, ValueError):  # a model no longer registered: compare as written
+        return None
 
 
 def _canonical(schedule: Any) -> Any:
