@@ -222,10 +222,14 @@ def main() -> None:
     if "matmul" in parts and device.type == "cuda":
         res["matmul_tflops"] = matmul_rate(device)
         print(f"matmul {res['matmul_tflops']:.0f} TFLOP/s", flush=True)
-    if "resnet" in parts:
-        res["resnet"] = bench_resnet(args, device)
-    if "vit" in parts:
-        res["vit"] = bench_vit(args, device)
+    for part, bench in (("resnet", bench_resnet), ("vit", bench_vit)):
+        if part in parts:
+            try:
+                res[part] = bench(args, device)
+            except Exception:  # keep the other part's numbers; the traceback goes to the log
+                import traceback
+
+                traceback.print_exc()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device.type == "cuda" else "cpu"

@@ -77,3 +77,30 @@ def test_counting_leaves_grads_and_running_stats_alone():
 
 def test_docstring_example():
     assert doctest.testmod(flops).failed == 0
+
+
+def test_a_frozen_prefix_stores_no_activations():
+    """With the first k blocks frozen (norms in eval mode), autograd saves exactly what the suffix alone saves."""
+    from freezelab import Freezer, groups
+    from freezelab.flops import saved_for_backward
+    from freezelab.schedules import Clock, Freeze
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(4, 3, 8, 8)
+    gs = groups.pattern(net, {"block0": ["0.*", "1.*"], "block1": ["3.*", "4.*"]}, rest="head")
+    full = saved_for_backward(net, x)
+    saved = [full.bytes]
+    for k, cut in ((1, 3), (2, 6)):  # block0 = conv+bn 1, block1 = conv+bn 2
+        fz = Freezer(net, gs, Freeze(gs.names[:k]), torch.optim.SGD(net.parameters(), lr=0.1), bn_stats="frozen")
+        fz.step(Clock.at(0, 1, 1))
+        frozen = saved_for_backward(net, x)
+        with torch.no_grad():
+            features = net[:cut](x)
+        assert frozen == saved_for_backward(net[cut:], features)
+        saved.append(frozen.bytes)
+        net.requires_grad_(True)
+        net.train()
+    assert saved[0] > saved[1] > saved[2]

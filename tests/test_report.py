@@ -205,7 +205,7 @@ def test_write_report_is_self_contained(grid: Path, tmp_path: Path) -> None:
     assert html_path == tmp_path / "out" / "report.html"
     html = html_path.read_text()
     images = html.split('src="data:image/png;base64,')[1:]
-    assert len(images) == len(FIGURES)
+    assert len(images) == len(FIGURES) + 1  # and the per-variant accuracy-vs-time figure (report.pareto)
     assert all(base64.b64decode(img.split('"', 1)[0]).startswith(PNG_MAGIC) for img in images)
     assert "http://" not in html and "https://" not in html and "<link" not in html and "<script" not in html
     assert "<table>" in html and "final val acc (%)" in html and "alternate-epoch vs standard" in html

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freezelab.schedules import (
+    AutoFreeze,
     Alternate,
     BlockCycle,
     Chain,
@@ -308,6 +309,7 @@ ALL = [
     RandomLayers(k=1, every=3, seed=4, rng="numpy_legacy"),
     Chain(((Freeze(("first",)), 1, "epoch"), (Standard(), None, "batch"))),
     Intersect((Progressive(), Alternate())),
+    AutoFreeze(threshold=0.05, window=2, start=0.2, decisions=(("first", 3),)),
 ]
 
 

@@ -98,6 +98,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast: str = "auto"  # auto | off | graph: CUDA-graph steps per trainable set (GPU only)
     compile: str = "auto"  # auto | off: torch.compile the graph path's loss and optimizer update
+    # auto | on | off: compute a prefix frozen for the rest of the run once per example and train
+    # the suffix on its outputs (run/prefix_cache.py); auto does so where that is exact (no
+    # augmentation, dropout or train-mode batch norms, the eager stepper), on refuses where not.
+    cache_frozen_prefix: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 for image models on CUDA
     channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
@@ -154,6 +158,8 @@ class RunConfig:
         )
         need(self.fast in ("auto", "off", "graph"), f"fast must be auto, off or graph, got {self.fast!r}")
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
+        need(self.cache_frozen_prefix in ("auto", "on", "off"),
+             f"cache_frozen_prefix must be auto, on or off, got {self.cache_frozen_prefix!r}")
         need(self.augment in ("none", "crop_flip", "flip"), f"augment must be none, crop_flip or flip, got {self.augment!r}")
         need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")

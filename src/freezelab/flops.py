@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["StepFlops", "step_flops"]
+__all__ = ["StepFlops", "step_flops", "SavedTensors", "saved_for_backward"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,48 @@ def step_flops(
         with torch.no_grad():
             for buf, saved in buffers:
                 buf.copy_(saved)
+
+
+@dataclass(frozen=True)
+class SavedTensors:
+    """What autograd stores for the backward pass of one forward: activations (not parameters)."""
+
+    count: int
+    bytes: int
+
+
+def saved_for_backward(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    targets: torch.Tensor | None = None,
+) -> SavedTensors:
+    """Count the non-parameter tensors autograd saves during one forward with the current ``requires_grad``.
+
+    Autograd records an op only when one of its inputs requires a gradient, so a frozen prefix
+    saves nothing: this is how a test shows that freezing a prefix really drops its activations.
+    Tensors are counted once per storage (a view of a saved tensor adds nothing); parameters and
+    their views are left out, since they are stored anyway. Nothing is run backwards.
+
+    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> x = torch.randn(4, 8)
+    >>> full = saved_for_backward(net, x)
+    >>> _ = net[0].requires_grad_(False)
+    >>> frozen = saved_for_backward(net, x)
+    >>> frozen.count < full.count, frozen.bytes < full.bytes
+    (True, True)
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(inputs)
+        if loss_fn is not None and targets is not None:
+            loss_fn(out, targets)
+    return SavedTensors(count=len(seen), bytes=sum(seen.values()))

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from freezelab.files import atomic_write
 from freezelab.report.collect import collect_runs
+from freezelab.report.pareto import format_pareto, pareto_table, plot_pareto_variants
 from freezelab.report.plots import FIGURES
 from freezelab.report.table import format_table, markdown_table, summary_table, verdicts
 
@@ -41,6 +42,12 @@ TABLE_NOTE = (
     "seeds both ran, [95% CI]; t: paired t-test; W: Wilcoxon signed-rank (only with ≥ 6 seeds)."
 )
 
+PARETO_NOTE = (
+    "mean ± 95% CI half-width over seeds; on the Pareto front: no other variant is at least as fast and at "
+    "least as accurate (on the means), and better on one; whether two front points differ beyond noise is "
+    "the paired test of the summary table."
+)
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -52,6 +59,7 @@ class Rendered:
     note: str
     verdicts: list[str]
     figures: list[tuple[str, str, bytes]]  # (png file name, caption, png bytes)
+    pareto: pd.DataFrame | None = None  # accuracy vs wall time per variant, the front flagged (> 1 variant)
 
 
 def _png(fig: Figure, dpi: int) -> bytes:
@@ -77,6 +85,12 @@ def render(runs_dir: Path | str, baseline: str = "standard", dpi: int = 110) -> 
     for stem, caption, plot, source in FIGURES:
         fig = plot(epochs if source == "epochs" else summaries, order)
         figures.append((f"{stem}.png", caption, _png(fig, dpi)))
+    pareto = None
+    if summaries["variant"].nunique() > 1:
+        front = pareto_table(summaries, order=order)
+        pareto = format_pareto(front)
+        figures.append(("pareto_variants.png", "final test accuracy vs wall time per variant (mean, 95% CI over seeds); "
+                        "the non-dominated front is ringed", _png(plot_pareto_variants(front), dpi)))
     experiments = ", ".join(sorted(summaries["experiment"].unique()))
     return Rendered(
         title=f"freezelab report: {experiments}",
@@ -85,6 +99,7 @@ def render(runs_dir: Path | str, baseline: str = "standard", dpi: int = 110) -> 
         note=table.attrs["note"],
         verdicts=verdicts(table),
         figures=figures,
+        pareto=pareto,
     )
 
 
@@ -92,7 +107,10 @@ def render_markdown(r: Rendered) -> str:
     """Markdown page: facts, headline table, verdicts, and links to the PNGs beside it."""
     parts = [f"# {r.title}", "", *[f"- {fact}" for fact in r.facts], "", "## Summary", ""]
     parts += [markdown_table(r.table), "", f"{TABLE_NOTE} {r.note}.", "", "## Verdicts", ""]
-    parts += [f"- {v}" for v in r.verdicts] + ["", "## Figures", ""]
+    parts += [f"- {v}" for v in r.verdicts] + [""]
+    if r.pareto is not None:
+        parts += ["## Accuracy vs wall time", "", markdown_table(r.pareto), "", PARETO_NOTE, ""]
+    parts += ["## Figures", ""]
     for name, caption, _ in r.figures:
         parts += [f"![{Path(name).stem}]({name})", "", f"_{caption}_", ""]
     return "\n".join(parts)
@@ -122,7 +140,9 @@ def render_html(r: Rendered) -> str:
         f"<ul>{''.join(f'<li>{e(f)}</li>' for f in r.facts)}</ul>"
         f"<h2>Summary</h2>{_html_table(r.table)}<p class=\"note\">{e(TABLE_NOTE)} {e(r.note)}.</p>"
         f"<h2>Verdicts</h2><ul>{''.join(f'<li>{e(v)}</li>' for v in r.verdicts)}</ul>"
-        f"<h2>Figures</h2>{figures}</body></html>\n"
+        + (f"<h2>Accuracy vs wall time</h2>{_html_table(r.pareto)}<p class=\"note\">{e(PARETO_NOTE)}</p>"
+           if r.pareto is not None else "")
+        + f"<h2>Figures</h2>{figures}</body></html>\n"
     )
 
 

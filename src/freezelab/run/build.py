@@ -30,6 +30,7 @@ from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from
 from .inputs import Inputs
 from .memory import PeakMemory
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
+from .prefix_cache import check_request
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "groups_spec",
            "input_size"]
@@ -78,6 +79,11 @@ def check_config(cfg: RunConfig) -> Schedule:
     )
     need(cfg.dataset in list_datasets(), f"dataset {cfg.dataset!r} is unknown; choose from {sorted(list_datasets())}")
     split_model_args(cfg.model_args)[1].check()  # a bad LoRA spec or a missing checkpoint file
+    need(not any(sub.adapts for sub in _nested(schedule)),
+         f"schedule {schedule.name}: an adaptive schedule (autofreeze) decides after each epoch and must be the "
+         "run's top-level schedule, not nested in another")
+    need(not schedule.adapts or cfg.grad_stats,
+         f"schedule {schedule.name} decides from the per-epoch gradient statistics; set grad_stats: true")
     return schedule
 
 
@@ -119,6 +125,8 @@ class Run:
     batches: IndexBatches
     lr_at: Any
     inputs: Inputs
+    #: Whether the eager stepper trains on cached outputs of the frozen prefix (``cache_frozen_prefix``).
+    cache_prefix: bool = False
     memory: PeakMemory = dataclasses.field(default_factory=PeakMemory)  # peak CUDA memory per trainable set
 
     @property
@@ -179,7 +187,8 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
         model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same tensors
     inputs = Inputs(augment=cfg.augment, seed=cfg.seed, size=size, channels_last=plan.channels_last,
                     bf16=plan.precision == "bf16", device_type=device.type)
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, PeakMemory(device))
+    cache = check_request(cfg.cache_frozen_prefix, model, cfg.augment, cfg.bn_stats, plan.stepper)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, cache, PeakMemory(device))
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -210,6 +219,17 @@ def _build_model(cfg: RunConfig, data: DatasetSplits, example: torch.Tensor) -> 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, **kwargs)
         return prepare(model, pretrained, name=cfg.model, example_input=example)
+
+
+def _nested(schedule: Schedule) -> list[Schedule]:
+    """The schedules nested inside ``schedule`` (warmup's, chain's phases, intersect's parts), at any depth."""
+    out = []
+    for name in schedule.nested:
+        value = getattr(schedule, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            sub = item[0] if isinstance(item, tuple) else item
+            out += [sub, *_nested(sub)]
+    return out
 
 
 def _trainable_sets(freezer: Freezer, spe: int, epochs: int, enough: int) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import metrics
 from ..optim import optimizer_state_bytes
+from ..schedules.adaptive import GRAD_NORM_PREFIX
 from .memory import EVALUATION, set_label
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ def probe_statistics(run: Run) -> dict[str, Any]:
         loss.backward()
         names, stats = metrics.grad_stats([(n, p) for n, p in model.named_parameters() if p.grad is not None])
         out["grad_names"], out["grad_stats"] = names, stats
+        # Per-group norms: what an adaptive schedule (AutoFreeze) decides from, one column per group.
+        out["group_names"] = list(run.groups.names)
+        out["group_norms"] = torch.stack([_grad_norm(run.groups.params(model, g)) for g in run.groups.names])
         out["dead"] = {n: metrics.dead_units(a) for n, a in acts.items()}
         pair = run.config.interference or run.groups.schedulable[:2]
         if len(pair) == 2:
@@ -97,6 +101,12 @@ def probe_statistics(run: Run) -> dict[str, Any]:
             b.copy_(saved)
         fz.optimizer.zero_grad(set_to_none=True)
     return out
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of the gradients of ``params`` together (0 when none has a gradient)."""
+    squares = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
 
 
 def measure_epoch(run: Run) -> dict[str, Any]:
@@ -147,6 +157,7 @@ def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measu
             row[f"grad_mean_abs:{name}"] = mean_abs
             row[f"grad_std:{name}"] = std
             row[f"grad_pct_zero:{name}"] = pct_zero
+        row.update((GRAD_NORM_PREFIX + name, value) for name, value in zip(probe["group_names"], probe["group_norms"].cpu().tolist()))
     return row
 
 

@@ -42,6 +42,7 @@ from . import record
 from .build import SharedData, build_run
 from .evaluate import epoch_row, measure_epoch, step_frame, summarize
 from .plan import log_plan, process_settings
+from .cached_stepper import CachedStepper
 from .steppers import EagerStepper, GraphStepper, StepRecord, graphed, make_stepper
 
 __all__ = ["train", "Training", "epoch_loop", "run_training", "RunResult", "TrainingDiverged"]
@@ -114,6 +115,7 @@ class Training:
             record.write_config(self.run_dir, {**cfg.to_dict(), "schedule_description": run.schedule.describe()})
             record.write_plan(self.run_dir, plan.to_dict())
             self.start_epoch, self._rng = record.resume(run, self.run_dir, self.rows, self.step_rows)
+            self._observe()  # an adaptive schedule's decisions, recomputed from the epochs read back
         run.memory.start()
         self.board = _tensorboard(cfg, self.run_dir)
         if cfg.grad_stats:
@@ -162,6 +164,7 @@ class Training:
                 f"The {len(self.rows)} finished epochs are kept{' in ' + str(self.run_dir) if self.run_dir else ''}."
             )
         self.rows.append(row)
+        self._observe()
         if cfg.log_steps:
             self.step_rows.append(step_frame(run, epoch, stepped))
         self._unsaved = epoch
@@ -173,6 +176,16 @@ class Training:
                 if isinstance(value, (int, float)) and key != "epoch":
                     self.board.add_scalar(key.replace(":", "/"), value, row["epoch"])
         self.bar.epoch(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {row['val_acc']:.2%}")
+
+    def _observe(self) -> None:
+        """Hand an adaptive schedule every finished epoch's row; the next epoch trains under its answer.
+
+        The answer is a function of the rows alone (``Schedule.observe``), asked of the config's
+        schedule each time, so a resumed run decides exactly as the uninterrupted one.
+        """
+        run = self.run
+        if run.schedule.adapts:
+            run.freezer.schedule = run.schedule.observe(self.rows, run.groups.schedulable, run.config.epochs)
 
     def finish(self) -> RunResult:
         """The summary (written to the run folder) and the whole result."""
@@ -247,7 +260,8 @@ def epoch_loop(trainings: Sequence[Training], stepper: EagerStepper | GraphStepp
 
 def run_training(training: Training) -> RunResult:
     """Drive one built :class:`Training` to its end with its own stepper."""
-    epoch_loop([training], make_stepper(training.run))
+    run = training.run
+    epoch_loop([training], CachedStepper(run) if run.cache_prefix else make_stepper(run))
     return training.finish()
 
 

@@ -18,6 +18,7 @@ from .base import (
     register_schedule,
     schedule_from_dict,
 )
+from .adaptive import AutoFreeze, autofreeze_decisions
 from .basic import Alternate, Chain, Freeze, Intersect, Standard, Warmup
 from .cycling import BlockCycle, RandomLayers
 from .progressive import FreezeOut, Progressive, composer_freeze_fraction, freezeout_times
@@ -25,6 +26,7 @@ from .progressive import FreezeOut, Progressive, composer_freeze_fraction, freez
 __all__ = [
     "SCHEDULES",
     "Alternate",
+    "AutoFreeze",
     "BlockCycle",
     "Chain",
     "Clock",
@@ -37,6 +39,7 @@ __all__ = [
     "ScheduleError",
     "Standard",
     "Warmup",
+    "autofreeze_decisions",
     "composer_freeze_fraction",
     "freezeout_times",
     "list_schedules",

@@ -107,6 +107,9 @@ class Schedule:
     #: schedule whose answer depends on its options (FreezeOut's ``anneal``) or on nested
     #: schedules (``warmup``, ``chain``, ``intersect``) overrides it with a property.
     scales_lr: ClassVar[bool] = False
+    #: Whether the run must hand the schedule each finished epoch's logged row (:meth:`observe`):
+    #: an adaptive schedule (AutoFreeze) decides from logged statistics, at epoch boundaries only.
+    adapts: ClassVar[bool] = False
 
     def trainable(self, clock: Clock, groups: Sequence[str]) -> frozenset[str]:
         """The names in ``groups`` that train at ``clock``."""
@@ -132,6 +135,15 @@ class Schedule:
         :class:`~freezelab.freezer.Freezer` does so where this says ``True``. Pure in the clock.
         """
         return False
+
+    def observe(self, history: Sequence[Mapping[str, Any]], groups: Sequence[str], epochs: int | None = None) -> Schedule:
+        """The schedule for the next epoch, given every finished epoch's logged row (``history``).
+
+        Only schedules with ``adapts`` answer anything but ``self``. The answer must depend on
+        ``history`` alone (never on what was observed before), so that a resumed run that reads
+        its rows back decides exactly as the uninterrupted one did.
+        """
+        return self
 
     def validate(self, groups: Sequence[str]) -> None:
         """Raise a :class:`ScheduleError` if the schedule cannot run on ``groups``."""
