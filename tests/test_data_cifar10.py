@@ -330,7 +330,7 @@ def test_holdout_45k_5k_is_stratified_seeded_and_disjoint(root: Path) -> None:
     assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
     rows = {tuple(r.tolist()) for s in (a.train, a.val) for r in s.x.flatten(1)}
     assert len(rows) == 100
-    assert list(D.list_recipes("cifar10")) == ["standard", "train_test", "holdout_45k_5k"]
+    assert list(D.list_recipes("cifar10")) == ["standard", "train_test", "holdout_45k_5k", "classes_0_4", "classes_5_9"]
     assert "45,000 train / 5,000 val" in D.list_recipes("cifar10")["holdout_45k_5k"]
 
 
@@ -370,3 +370,33 @@ def test_real_jpeg_copy_counts_labels_and_training_order() -> None:
     ds = D.load_dataset("cifar10", root=root, recipe="holdout_45k_5k", seed=0, flatten=False)
     assert ds.source.startswith("JPEG copy") and [len(ds.train), len(ds.val), len(ds.test)] == [45_000, 5_000, 10_000]
     assert torch.bincount(ds.val.y).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize("recipe, kept", [("classes_0_4", range(5)), ("classes_5_9", range(5, 10))])
+def test_class_half_recipes_keep_their_classes_relabelled_and_holdout_per_class(
+    root: Path, recipe: str, kept: range
+) -> None:
+    members = fake_members(per_class_train=10, per_class_test=2)
+    write_tar(archive_path(root), members)
+    cifar_jpeg.COUNTS.update(train=100, test=20)
+    full = D.load_dataset("cifar10", root=root, recipe="train_test", flatten=False)
+    a, b, c = (D.load_dataset("cifar10", root=root, recipe=recipe, seed=s, flatten=False) for s in (0, 0, 1))
+    assert a.num_classes == 5 and [len(a.train), len(a.val), len(a.test)] == [45, 5, 10]
+    assert torch.bincount(a.val.y, minlength=5).tolist() == [1] * 5  # 10% of each kept class
+    assert torch.bincount(a.train.y, minlength=5).tolist() == [9] * 5
+    assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)  # seed-exact
+    # Every kept image, and only those, with label = its class's position among the kept ones.
+    want = {tuple(x.flatten().tolist()): int(y) - kept.start for x, y in zip(full.train.x, full.train.y) if int(y) in kept}
+    got = {tuple(x.flatten().tolist()): int(y) for s in (a.train, a.val) for x, y in zip(s.x, s.y)}
+    assert got == want
+    test_want = [int(y) - kept.start for y in full.test.y if int(y) in kept]
+    assert a.test.y.tolist() == test_want  # the test images of those classes, in their order
+    assert torch.equal(a.test.x, full.test.x[torch.isin(full.test.y, torch.tensor(list(kept)))])
+    names = D.list_recipes("cifar10")[recipe]
+    assert "22,500 train / 2,500 val" in names and cifar_jpeg.CLASSES[kept.start] in names
+
+
+def test_keep_classes_relabels_in_the_order_given() -> None:
+    s = D.Split(torch.arange(8.0), torch.tensor([3, 1, 2, 3, 0, 1, 2, 0]))
+    kept = D.keep_classes(s, (3, 1))
+    assert kept.x.tolist() == [0.0, 1.0, 3.0, 5.0] and kept.y.tolist() == [0, 1, 0, 1]

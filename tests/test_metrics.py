@@ -19,6 +19,8 @@ from freezelab.metrics import (
     expected_calibration_error,
     function_space_cosine,
     grad_stats,
+    interaction_terms,
+    loss_interaction,
     param_space_cosine,
     stability,
     time_to_target,
@@ -271,6 +273,133 @@ def test_param_space_cosine() -> None:
     assert param_space_cosine(a, [-t for t in a]).item() == pytest.approx(-1.0)
     assert math.isnan(param_space_cosine(a, [torch.randn(2, 3), torch.randn(4)]).item())
     assert math.isnan(param_space_cosine([], []).item())
+
+
+# ---------------------------------------------------------------- two groups whose answer is known
+
+
+class TwoBranches(nn.Module):
+    """Two linear branches ``a`` and ``b`` of one input: summed into one output (identical effects)
+    or written to separate outputs (orthogonal effects)."""
+
+    def __init__(self, together: bool, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.b, self.together = nn.Linear(3, 2), nn.Linear(3, 2), together
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x) if self.together else torch.cat([self.a(x), self.b(x)], dim=1)
+
+
+A, B = ["a.weight", "a.bias"], ["b.weight", "b.bias"]
+
+
+def _probe(model: nn.Module, loss_fn, seed: int = 1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    out = model(torch.zeros(1, 3, dtype=dtype)).shape[1]
+    x, y, xh, yh = (torch.randn(n, k, generator=g, dtype=dtype) for n, k in ((16, 3), (16, out), (12, 3), (12, out)))
+    loss_fn(model(x), y).backward()
+    return x, (xh, yh)
+
+
+def _loss_after(model: nn.Module, steps: dict[str, torch.Tensor], lr: float, heldout, loss_fn) -> float:
+    """The held-out loss after moving the named parameters by -lr * grad (exactly, no expansion)."""
+    params = {n: p.detach() - (lr * p.grad if n in steps else 0) for n, p in model.named_parameters()}
+    with torch.no_grad():
+        return float(loss_fn(torch.func.functional_call(model, params, (heldout[0],)), heldout[1]))
+
+
+def _interaction_by_evaluation(model, groups, lr, heldout, loss_fn) -> float:
+    """L(both steps) - L(A's step) - L(B's step) + L(no step): the joint step's excess over the two alone."""
+    a, b = (dict.fromkeys(g) for g in groups)
+    return (_loss_after(model, {**a, **b}, lr, heldout, loss_fn) - _loss_after(model, a, lr, heldout, loss_fn)
+            - _loss_after(model, b, lr, heldout, loss_fn) + _loss_after(model, {}, lr, heldout, loss_fn))
+
+
+def test_orthogonal_groups_neither_interact_nor_align() -> None:
+    """Separate outputs under MSE: the Hessian's A-B block is zero and the output changes are disjoint."""
+    mse = nn.functional.mse_loss
+    model = TwoBranches(together=False)
+    x, heldout = _probe(model, mse)
+    _, _, cross = loss_interaction(model, A, B, heldout, mse)
+    assert cross.item() == 0.0
+    assert function_space_cosine(model, A, B, x).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_identical_groups_interfere_by_exactly_the_cross_curvature() -> None:
+    """Summed branches: identical gradients, identical output changes (cosine 1); MSE is quadratic, so
+    lr**2 g_A.H_AB.g_B is the joint step's excess over the two alone exactly (checked in float64)."""
+    mse = nn.functional.mse_loss
+    model = TwoBranches(together=True).double()
+    x, heldout = _probe(model, mse, dtype=torch.float64)
+    raw = loss_interaction(model, A, B, heldout, mse)
+    assert raw[0].item() == pytest.approx(raw[1].item(), rel=1e-12)  # the same step, seen by either group
+    terms = interaction_terms(raw, lr=0.1)
+    assert terms["interaction"] > 0  # redundant steps overshoot together: interference
+    assert terms["interaction"] == pytest.approx(_interaction_by_evaluation(model, (A, B), 0.1, heldout, mse), rel=1e-6)
+    assert function_space_cosine(model, A, B, x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_interaction_matches_loss_evaluations_on_a_cross_entropy_mlp() -> None:
+    """Beyond quadratic losses the formula is second order: it matches the evaluated interaction as lr -> 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    groups = (["0.weight", "0.bias"], ["2.weight", "2.bias"])
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+    heldout = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,)))
+    nn.functional.cross_entropy(model(x), y).backward()
+    raw = loss_interaction(model, *groups, heldout)
+    for lr in (1e-2, 1e-3):
+        evaluated = _interaction_by_evaluation(model, groups, lr, heldout, nn.functional.cross_entropy)
+        assert interaction_terms(raw, lr)["interaction"] == pytest.approx(evaluated, rel=10 * lr)
+    first = [_loss_after(model, dict.fromkeys(g), 1e-6, heldout, nn.functional.cross_entropy) for g in groups]
+    base = _loss_after(model, {}, 0.0, heldout, nn.functional.cross_entropy)
+    terms = interaction_terms(raw, 1e-6)
+    assert [terms["delta_a"], terms["delta_b"]] == pytest.approx([f - base for f in first], rel=1e-3)
+
+
+def test_loss_interaction_leaves_the_model_untouched_and_is_nan_without_a_gradient() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    model.train()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    raw = loss_interaction(model, ["0.weight", "0.bias"], ["3.weight", "3.bias"], (x, y))
+    assert torch.isfinite(raw).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert all(m.training for m in model.modules())
+    model[3].weight.grad = model[3].bias.grad = None
+    assert torch.isnan(loss_interaction(model, ["0.weight"], ["3.weight", "3.bias"], (x, y))).all()
+    assert math.isnan(interaction_terms(torch.zeros(3), lr=0.1)["ratio"])  # no predicted gain: no share of it
+
+
+def test_lora_against_norm_on_a_peft_vit_matches_loss_evaluations() -> None:
+    """Seed 002's pair on a real (tiny) peft LoRA ViT with its norms trainable: attention, LayerNorm, adapters."""
+    import model_families
+
+    fam = model_families.load("peft_lora")
+    model = fam.model.double()
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.requires_grad_(True)
+    lora = [n for n, p in model.named_parameters() if "lora_" in n]
+    norm = [n for n, p in model.named_parameters() if "norm" in n and p.requires_grad]
+    (x, y), (xh, yh) = fam.make_batch(0), fam.make_batch(1)
+    x, xh = x.double(), xh.double()
+    for p in model.parameters():  # LoRA's B starts at zero; a few plain steps make both groups matter
+        p.grad = None
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    raw = loss_interaction(model, lora, norm, (xh, yh))
+    lr = 1e-3
+    evaluated = _interaction_by_evaluation(model, (lora, norm), lr, (xh, yh), nn.functional.cross_entropy)
+    assert interaction_terms(raw, lr)["interaction"] == pytest.approx(evaluated, rel=0.05)
+    assert -1 <= function_space_cosine(model, lora, norm, x).item() <= 1
 
 
 # ---------------------------------------------------------------- run summary helpers

@@ -16,6 +16,7 @@ from freezelab.run import build_schedule
 from freezelab.study import Experiment, ExperimentError, load_experiment
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIG = {p.stem: p for p in CONFIGS}
 BASE = {"dataset": "digits", "epochs": 2, "model_args": {"hidden": [16]}}
 
 
@@ -179,8 +180,13 @@ def test_overrides_patch_base_narrow_the_grid_and_keep_the_files_first_seeds(tmp
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_shipped_config_loads_and_validates(path):
-    e = load_experiment(path)
+def test_every_shipped_config_loads_and_validates(path, tmp_path):
+    checkpoint = ((load_yaml(path.read_text()).get("base") or {}).get("model_args") or {}).get("checkpoint")
+    overrides = {}
+    if checkpoint is not None and not Path(checkpoint).exists():  # another config's run writes it (seed 002)
+        (tmp_path / "checkpoint.pt").touch()
+        overrides["model_args.checkpoint"] = str(tmp_path / "checkpoint.pt")  # as the header's --set does
+    e = load_experiment(path, overrides)
     configs = e.configs()
     assert e.name == path.stem
     assert configs and all(isinstance(c, RunConfig) for c in configs)
@@ -219,3 +225,12 @@ def test_a_narrowed_grid_keeps_the_baseline_checked_on_the_whole_grid(tmp_path):
     assert narrowed.variants() == ["sgd"] and narrowed.baseline == "adam"
     bad = write(tmp_path, path.read_text().replace("baseline: adam", "baseline: lion"), "bad.yaml")
     one_line_error(load_experiment, bad, {"optimizer": "sgd"}, match="baseline 'lion' is not a variant")
+
+
+def test_a_dotted_set_changes_one_entry_of_a_mapping(tmp_path):
+    path = write(tmp_path, "experiment: t\nbase: {dataset: digits, epochs: 1, model_args: {hidden: [16], dropout: 0.1}}\n")
+    (cfg,) = load_experiment(path, {"model_args.hidden": [8]}).configs()
+    assert cfg.model_args == {"hidden": [8], "dropout": 0.1}
+    assert load_yaml(path.read_text())["base"]["model_args"]["hidden"] == [16]
+    with pytest.raises(ExperimentError, match=r"--set epochs.x: epochs is 1, not a mapping; set epochs itself"):
+        load_experiment(path, {"epochs.x": 2})

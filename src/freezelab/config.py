@@ -121,6 +121,10 @@ class RunConfig:
     channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
     grad_stats: bool = True  # per-layer gradient statistics each epoch on a probe batch
+    # Two group names, e.g. [lora, norm]: each epoch, how their steps interact on the probe batch
+    # (grad_cosine between them, and the loss interaction on a held-out batch: one double backward).
+    # None: grad_cosine compares the first two schedulable groups and nothing more is computed.
+    interference: list[str] | None = None
     target_acc: float | None = None  # time-to-accuracy target (fraction); None: 0.9 x best
     tensorboard: bool = False  # also write the per-epoch log as TensorBoard scalars (run_dir/tensorboard)
     # Seconds between two checkpoints; the epochs tables are written with each, after the last
@@ -192,6 +196,12 @@ class RunConfig:
         need(self.groups is None or isinstance(self.groups, dict),
              f"groups must be a mapping such as {{by: depth, blocks: 2}}, or null for the model's default; got {self.groups!r}")
         need(isinstance(self.model_args, dict), f"model_args must be a mapping such as {{hidden: [256, 128]}}, got {self.model_args!r}")
+        pair = self.interference
+        need(
+            pair is None or (isinstance(pair, list) and len(pair) == 2 and all(isinstance(g, str) for g in pair) and pair[0] != pair[1]),
+            f"interference names two different groups, e.g. [lora, norm], or is null; got {pair!r}",
+        )
+        need(pair is None or self.grad_stats, "interference is measured on the gradient probe: set grad_stats: true or interference: null")
 
 
 #: How each field annotation reads in an error, and so which annotations a field may have.

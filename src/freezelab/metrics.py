@@ -178,7 +178,7 @@ def function_space_cosine(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _math_attention():
             d_a = _output_change(model, params, group_a, inputs)
             d_b = _output_change(model, params, group_b, inputs)
     finally:
@@ -202,6 +202,96 @@ def _output_change(
         return functional_call(model, {**params, **dict(zip(moving, values))}, (inputs,))
 
     return jvp(logits, tuple(params[name] for name in moving), tangents)[1]
+
+
+def loss_interaction(
+    model: nn.Module,
+    group_a: Iterable[str],
+    group_b: Iterable[str],
+    heldout: tuple[Tensor, Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """How two groups' gradient steps interact on the loss of a held-out batch: ``[h_A.g_A, h_B.g_B, g_A.H_AB.g_B]``.
+
+    ``g_A`` is group A's current ``.grad`` (from a probe batch; its step is ``s_A = -lr g_A``),
+    ``h_A`` the gradient of the held-out loss ``L`` for A's parameters, ``H_AB`` the block of
+    L's Hessian between A and B. Then, to second order in ``lr``:
+
+    * ``delta_A = L(theta + s_A) - L(theta) = -lr h_A.g_A`` (+ A's own curvature), likewise B;
+    * ``L(theta + s_A + s_B) - L(theta) - delta_A - delta_B = lr**2 g_A.H_AB.g_B``: the
+      *interaction*. The first-order changes of disjoint groups always add up exactly, so the
+      interaction is the leading term of what taking both steps together changes; > 0 means
+      the joint step gains less than the two alone (interference), < 0 more.
+
+    The three numbers are returned without ``lr`` so a caller can scale them by the rate in
+    force (this is replayed from a CUDA graph, where a Python float would be frozen). One
+    double backward (a Hessian-vector product) on ``heldout``; attention runs on PyTorch's
+    math kernel here, the only one with second derivatives. NaN where a group has no gradient.
+    The model runs in eval mode; its modes, parameters, gradients and buffers are left as they were.
+
+    >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)   # redundant groups: both add to one output
+    >>> model = torch.nn.ModuleDict({"a": a, "b": b})
+    >>> model.forward = lambda x: a(x) + b(x)
+    >>> x, y = torch.randn(8, 2), torch.randn(8, 1)
+    >>> mse = torch.nn.functional.mse_loss
+    >>> mse(model(x), y).backward()
+    >>> first_a, first_b, cross = loss_interaction(model, ["a.weight", "a.bias"], ["b.weight", "b.bias"], (x, y), mse)
+    >>> bool(cross > 0), torch.allclose(first_a, first_b)
+    (True, True)
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    x, y = heldout
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    names_a = [n for n in group_a if model.get_parameter(n).grad is not None]
+    names_b = [n for n in group_b if model.get_parameter(n).grad is not None]
+    if not names_a or not names_b:
+        return torch.full((3,), math.nan, device=x.device)
+    g_a = [model.get_parameter(n).grad.detach() for n in names_a]
+    g_b = [model.get_parameter(n).grad.detach() for n in names_b]
+    leaves = {n: params[n].detach().requires_grad_() for n in (*names_a, *names_b)}
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad(), _math_attention():
+            loss = loss_fn(functional_call(model, {**params, **leaves}, (x,)), y)
+            h = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+            h_a, h_b = h[: len(names_a)], h[len(names_a) :]
+            along_a = _dot(h_a, g_a)  # h_A.g_A, still a function of every parameter
+            hvp_b = torch.autograd.grad(along_a, [leaves[n] for n in names_b], allow_unused=True)
+    finally:
+        for module, training in modes:
+            module.training = training
+    cross = _dot([torch.zeros_like(g) if v is None else v for v, g in zip(hvp_b, g_b)], g_b)
+    return torch.stack([along_a.detach(), _dot(h_b, g_b).detach(), cross.detach()]).float()
+
+
+def interaction_terms(raw: Tensor | Sequence[float], lr: float) -> dict[str, float]:
+    """:func:`loss_interaction`'s three numbers at learning rate ``lr``, as the run log names them.
+
+    ``delta_a``/``delta_b``: first-order change of the held-out loss from each group's step
+    alone; ``interaction``: what the joint step adds to their sum (second order);
+    ``ratio``: ``interaction / -(delta_a + delta_b)``, the share of the predicted gain the
+    interaction takes back (NaN when the steps predict no change).
+
+    >>> interaction_terms(torch.tensor([2.0, 2.0, 1.0]), lr=0.5)
+    {'delta_a': -1.0, 'delta_b': -1.0, 'interaction': 0.25, 'ratio': 0.125}
+    """
+    first_a, first_b, cross = (float(v) for v in raw)
+    delta_a, delta_b, interaction = -lr * first_a, -lr * first_b, lr * lr * cross
+    gain = -(delta_a + delta_b)
+    ratio = interaction / gain if gain != 0 else math.nan
+    return {"delta_a": delta_a, "delta_b": delta_b, "interaction": interaction, "ratio": ratio}
+
+
+def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    return sum(((a.float() * b.float()).sum() for a, b in zip(xs, ys)), torch.zeros((), device=xs[0].device))
+
+
+def _math_attention():
+    """PyTorch's math attention kernel (the flash and efficient ones have no double backward or forward AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def param_space_cosine(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> Tensor:

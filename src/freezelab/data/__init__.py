@@ -26,7 +26,7 @@ disk), ``registry`` (names, recipes, ``load_dataset``), ``splits`` (tensor conta
 from .augment import apply_crop_flip, augment_crop_flip, crop_flip_params, epoch_crop_flip_params, resize_batch
 from .batching import IndexBatches, as_dataloader, batches, random_crop_flip, steps_per_epoch
 from .cache import cache_root
-from .registry import Recipe, list_datasets, list_recipes, load_dataset, random_split_indices
+from .registry import Recipe, keep_classes, list_datasets, list_recipes, load_dataset, random_split_indices
 from .sources import DataCorruptError, DatasetNotFoundError, read_idx, resolve_data_root
 from .splits import DatasetSplits, Split
 
@@ -44,6 +44,7 @@ __all__ = [
     "batches",
     "cache_root",
     "crop_flip_params",
+    "keep_classes",
     "list_datasets",
     "list_recipes",
     "load_dataset",

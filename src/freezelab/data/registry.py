@@ -1,7 +1,9 @@
 """Datasets and split recipes by name, and ``load_dataset``, the one entry point.
 
 A recipe is a named, seed-exact way to cut a dataset into train/val/test and scale its pixels;
-``fmnist_90_10`` and ``mnist10k_80_20`` reproduce the seed notebooks' splits bit for bit.
+``fmnist_90_10`` and ``mnist10k_80_20`` reproduce the seed notebooks' splits bit for bit;
+``cifar10``'s ``classes_0_4`` / ``classes_5_9`` are seed 002's source and target tasks (half the
+classes each, relabelled 0-4).
 ``cifar10`` reads the official pickles when they are there, else the JPEG copy (the loaded
 splits' ``source`` says which); ``imagefolder`` reads any ImageFolder tree at the data root.
 """
@@ -16,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cifar_jpeg import ARCHIVE, read_cifar10_jpeg
+from .cifar_jpeg import ARCHIVE, CLASSES, read_cifar10_jpeg
 from .imagefolder import read_imagefolder
 from .sources import Official, cifar_pickles_missing, read_cifar, read_digits, read_mnist_like, resolve_data_root
 from .splits import DatasetSplits, Device, Split, map_shared
 
-__all__ = ["Recipe", "channel_stats", "list_datasets", "list_recipes", "load_dataset", "random_split_indices"]
+__all__ = ["Recipe", "channel_stats", "keep_classes", "list_datasets", "list_recipes", "load_dataset", "random_split_indices"]
 
 
 def random_split_indices(n: int, lengths: Sequence[int], seed: int) -> list[Tensor]:
@@ -80,18 +82,59 @@ def _stratified_60_20_20(pool: Split, _test: Split | None, seed: int) -> tuple[S
     return pool[torch.from_numpy(tr)], pool[torch.from_numpy(va)], pool[torch.from_numpy(te)]
 
 
+def keep_classes(split: Split, classes: Sequence[int]) -> Split:
+    """The examples of ``classes`` only, in their original order, labelled by their position in ``classes``.
+
+    So a model trained on the subset has ``len(classes)`` outputs, as a fresh task would.
+
+    >>> s = keep_classes(Split(torch.arange(6.0), torch.tensor([0, 5, 1, 6, 5, 2])), (5, 6))
+    >>> s.x.tolist(), s.y.tolist()
+    ([1.0, 3.0, 4.0], [0, 1, 0])
+    """
+    lookup = torch.full((max(int(split.y.max()), *classes) + 1,), -1, dtype=split.y.dtype)
+    lookup[list(classes)] = torch.arange(len(classes), dtype=split.y.dtype)
+    new = lookup[split.y]
+    kept = (new >= 0).nonzero().flatten()
+    return Split(split.x[kept], new[kept])
+
+
+def _class_subset(classes: tuple[int, ...]) -> Callable[[Split, Split | None, int], tuple[Split, Split, Split]]:
+    """The 45k/5k holdout cut on the kept classes: a stratified 10% val of their training images, their test images."""
+
+    def split(train: Split, test: Split | None, seed: int) -> tuple[Split, Split, Split]:
+        assert test is not None, "this recipe needs an official test split"
+        return _stratified_holdout_10(keep_classes(train, classes), keep_classes(test, classes), seed)
+
+    return split
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to cut a dataset into train/val/test and scale its pixels.
 
     ``split`` gets (official train, official test or None, seed) as uint8 and returns
     (train, val, test). ``mean``/``std`` act on pixels scaled to [0, 1]; None means the dataset's.
+    ``num_classes`` is set by recipes that keep a subset of the classes (labels 0..k-1).
     """
 
     description: str
     split: Callable[[Split, Split | None, int], tuple[Split, Split, Split]]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+
+
+def _cifar10_classes(first: int, last: int) -> Recipe:
+    """Seed 002's source/target tasks: CIFAR-10 classes ``first..last`` relabelled 0..k-1 (docs/methods/lora_norm_hybrid.md)."""
+    kept = tuple(range(first, last + 1))
+    n = len(kept)
+    return Recipe(
+        f"classes {first}-{last} only ({', '.join(CLASSES[k] for k in kept)}) relabelled 0-{n - 1}: "
+        f"{4500 * n:,} train / {500 * n:,} val (the holdout_45k_5k cut: sklearn, stratified, random_state=seed) "
+        f"+ their {1000 * n:,} test images; pixels normalised by all of CIFAR-10's statistics",
+        _class_subset(kept),
+        num_classes=n,
+    )
 
 
 _STANDARD = Recipe("official train/test; val = a seeded 10% of train, cut like random_split", _holdout_90_10)
@@ -170,7 +213,13 @@ _DATASETS: dict[str, _DatasetInfo] = {
         "else the JPEG copy CIFAR10-JPEG/cifar10-jpeg.tar.gz)",
         10,
         _read_cifar10,
-        {"standard": _STANDARD, "train_test": _TRAIN_TEST, "holdout_45k_5k": _HOLDOUT_45K_5K},
+        {
+            "standard": _STANDARD,
+            "train_test": _TRAIN_TEST,
+            "holdout_45k_5k": _HOLDOUT_45K_5K,
+            "classes_0_4": _cifar10_classes(0, 4),
+            "classes_5_9": _cifar10_classes(5, 9),
+        },
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
     ),
@@ -258,7 +307,7 @@ def load_dataset(
     mean, std = rec.mean or info.mean, rec.std or info.std
     if mean is None or std is None:
         mean, std = channel_stats(official.train.x, info.max_value)
-    num_classes = info.num_classes or len(official.classes or ())
+    num_classes = rec.num_classes or info.num_classes or len(official.classes or ())
 
     def prepare(s: Split) -> Split:
         return _scale(s.to(device), info.max_value, mean, std, flatten)

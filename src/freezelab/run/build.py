@@ -30,6 +30,7 @@ from ..pretrained import prepare, split_model_args
 from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from_dict
 from . import ddp as ddp_mod
 from .inputs import Inputs
+from .memory import PeakMemory
 from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
 from .prefix_cache import check_request
 
@@ -143,6 +144,7 @@ class Run:
     #: Whether the eager stepper trains on cached outputs of the frozen prefix (``cache_frozen_prefix``).
     cache_prefix: bool = False
     ddp: ddp_mod.RunDDP | None = None  # under torchrun: this rank's batch share and the DDP forward pass
+    memory: PeakMemory = dataclasses.field(default_factory=PeakMemory)  # peak CUDA memory per trainable set
 
     @property
     def steps_per_epoch(self) -> int:
@@ -187,6 +189,9 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     example = resize_batch(data.train.x[:2], size) if size is not None and images else data.train.x[:2]
     model = _build_model(cfg, data, example.cpu()).to(device)
     gs = groups_mod.from_spec(model, cfg.groups, example_input=example)
+    unknown = [g for g in cfg.interference or () if g not in gs.names]
+    if unknown:
+        raise ConfigError(f"interference names group {unknown[0]!r}, which the model's groups do not have; choose two of {list(gs.names)}")
     # A schedule with per-group learning rates (FreezeOut's annealing) needs a param group per group.
     params = param_groups_by_group(model, gs) if schedule.scales_lr else model.parameters()
     optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay,
@@ -209,7 +214,7 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
         raise ConfigError("cache_frozen_prefix: on does not work under DDP (each rank would cache its own shard); "
                           "use cache_frozen_prefix: auto or off")
     cache = ddp is None and check_request(cfg.cache_frozen_prefix, model, cfg.augment, cfg.bn_stats, plan.stepper)
-    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, cache, ddp)
+    return Run(cfg, plan, device, data, model, gs, schedule, freezer, batches, lr_at, inputs, cache, ddp, PeakMemory(device))
 
 
 def data_request(cfg: RunConfig, device: torch.device) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Everything is computed on the device and copied to the host together, once per epoch (the
 measurements of an epoch are one :func:`measure_epoch` call, replayed from a CUDA graph on
 the graph path, and one transfer in :func:`epoch_row`).
+
+Each epoch: NLL, accuracy and ECE (15 equal-width bins) on val and test; on the probe batch the
+gradient statistics and ``grad_cosine``, and with ``interference: [A, B]`` the loss interaction
+of the two groups on a held-out batch (``docs/methods/lora_norm_hybrid.md`` defines both). The
+summary adds, per trainable set, its steps, trainable parameters, step time and peak memory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import nn
 from .. import metrics
 from ..optim import optimizer_state_bytes
 from ..schedules.adaptive import GRAD_NORM_PREFIX
+from .memory import EVALUATION, set_label
 
 if TYPE_CHECKING:
     from .build import Run
@@ -28,7 +34,7 @@ __all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_f
            "LOSS_BLOWUP", "CHANCE_EPOCHS"]
 
 #: The end-of-epoch scalars, in the order the epoch row lists them.
-SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc")
+SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc", "test_ece")
 
 
 @torch.no_grad()
@@ -52,12 +58,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: Inputs 
 
 
 def probe_statistics(run: Run) -> dict[str, Any]:
-    """Per-layer gradient statistics, dead units and the two-group cosine on a fixed probe batch.
+    """Per-layer gradient statistics, dead units and the two-group measures on a fixed probe batch.
 
     Gradients are taken for every managed parameter (frozen ones included) so the gradient
-    flow plot shows what would reach each layer; the model's parameters, buffers, gradients
-    and trainable set are left exactly as they were. The probe runs in float32 whatever the
-    run's precision (statistics, not training), on unaugmented inputs.
+    flow plot shows what would reach each layer, and so both groups of ``grad_cosine`` have a
+    gradient whatever the schedule froze. The groups are the config's ``interference`` pair,
+    else the first two schedulable ones; with ``interference`` set, the loss interaction on a
+    held-out batch (the first ``batch_size`` validation examples) is measured too. The model's
+    parameters, buffers, gradients and trainable set are left exactly as they were. The probe
+    runs in float32 whatever the run's precision (statistics, not training), on unaugmented inputs.
     """
     model, fz = run.model, run.freezer
     x, y = run.inputs.eval(run.data.train.x[: run.config.batch_size]), run.data.train.y[: run.config.batch_size]
@@ -79,10 +88,13 @@ def probe_statistics(run: Run) -> dict[str, Any]:
         out["group_names"] = list(run.groups.names)
         out["group_norms"] = torch.stack([_grad_norm(run.groups.params(model, g)) for g in run.groups.names])
         out["dead"] = {n: metrics.dead_units(a) for n, a in acts.items()}
-        sched = run.groups.schedulable
-        if len(sched) >= 2:
-            a, b = run.groups[sched[0]].param_names, run.groups[sched[1]].param_names
+        pair = run.config.interference or run.groups.schedulable[:2]
+        if len(pair) == 2:
+            a, b = run.groups[pair[0]].param_names, run.groups[pair[1]].param_names
             out["cosine"] = metrics.function_space_cosine(model, a, b, x)
+            if run.config.interference:
+                held_out = (run.inputs.eval(run.data.val.x[: len(y)]), run.data.val.y[: len(y)])
+                out["interaction"] = metrics.loss_interaction(model, a, b, held_out)
     finally:
         for p, flag in zip(managed, saved_flags):
             p.requires_grad_(flag)
@@ -107,9 +119,9 @@ def measure_epoch(run: Run) -> dict[str, Any]:
     """
     model, data = run.model, run.data
     val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y, run.inputs)
-    test_loss, test_acc, _, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
+    test_loss, test_acc, test_ece, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
     probe = probe_statistics(run) if run.config.grad_stats else {}
-    scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc)))
+    scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc, test_ece)))
     return {"scalars": scalars, "probe": probe}
 
 
@@ -120,12 +132,15 @@ def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measu
     on_device = {"train_loss": record.losses.float().mean(), **measured["scalars"], **dead}
     if "cosine" in probe:
         on_device["grad_cosine"] = probe["cosine"]
+    if "interaction" in probe:
+        on_device.update(zip(("_first_a", "_first_b", "_cross"), probe["interaction"].unbind()))
     host = dict(zip(on_device, torch.stack([t.detach().float().reshape(()) for t in on_device.values()]).cpu().tolist()))
+    lr = run.lr_at((epoch + 1) * run.steps_per_epoch - 1)
     row: dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": host["train_loss"],
         **{name: host[name] for name in SCALARS},
-        "lr": run.lr_at((epoch + 1) * run.steps_per_epoch - 1),
+        "lr": lr,
         "train_time_s": train_time,
         "trainable": "+".join(n for n in run.groups.names if n in record.trainable[-1]),
         "trainable_fraction": sum(record.fractions) / len(record.fractions),
@@ -133,6 +148,11 @@ def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measu
         "grad_cosine": host.get("grad_cosine", float("nan")),
         **{name: host[name] for name in dead},
     }
+    if "interaction" in probe:
+        a, b = run.config.interference
+        terms = metrics.interaction_terms((host["_first_a"], host["_first_b"], host["_cross"]), float(lr))
+        row[f"delta_loss:{a}"], row[f"delta_loss:{b}"] = terms["delta_a"], terms["delta_b"]
+        row["interference_loss"], row["interference_ratio"] = terms["interaction"], terms["ratio"]
     if "grad_stats" in probe:
         stats = probe["grad_stats"].cpu().tolist()
         for name, (mean_abs, std, pct_zero) in zip(probe["grad_names"], stats):
@@ -143,15 +163,21 @@ def epoch_row(run: Run, epoch: int, record: StepRecord, train_time: float, measu
     return row
 
 
-def step_frame(epoch: int, spe: int, record: StepRecord) -> pd.DataFrame:
-    """The epoch's rows of the per-step log."""
+def step_frame(run: Run, epoch: int, record: StepRecord) -> pd.DataFrame:
+    """The epoch's rows of the per-step log.
+
+    ``trainable_params`` is the fraction times the model's parameter count: the fraction is an
+    exact ratio of the two integers, so rounding gives the count back exactly.
+    """
+    spe, total = run.steps_per_epoch, sum(p.numel() for p in run.model.parameters())
     return pd.DataFrame(
         {
             "step": range(epoch * spe, epoch * spe + len(record.fractions)),
             "epoch": epoch + 1,
             "loss": record.losses.float().cpu().numpy(),
-            "trainable": ["+".join(sorted(t)) for t in record.trainable],
+            "trainable": [set_label(t) for t in record.trainable],
             "trainable_fraction": record.fractions,
+            "trainable_params": [round(f * total) for f in record.fractions],
             "step_time_s": record.step_times,
         }
     )
@@ -198,8 +224,39 @@ def explosion(train_loss: list[float], val_acc: list[float], num_classes: int) -
     return None
 
 
-def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
-    """The run's ``summary.json``: final and best accuracies, timing, calibration, and ``exploded``.
+def trainable_sets(run: Run, steps: pd.DataFrame | None) -> dict[str, dict[str, Any]] | None:
+    """Per trainable set (``steps.parquet``'s label): steps, trainable parameters, step time and peak memory.
+
+    Step times are the per-step log's (mean and median: a set's first steps include compiling or
+    capturing its graphs). ``peak_mem_bytes`` is the set's phase peak (:mod:`freezelab.run.memory`),
+    None on a CPU. None without a per-step log (``log_steps: false``).
+    """
+    if steps is None or steps.empty:
+        return None
+    peaks = run.memory.by_phase()
+    out: dict[str, dict[str, Any]] = {}
+    for label, rows in steps.groupby("trainable", sort=False):
+        times = rows["step_time_s"] if "step_time_s" in rows and rows["step_time_s"].notna().any() else None
+        out[str(label)] = {
+            "steps": len(rows),
+            "trainable_params": int(rows["trainable_params"].iloc[0]) if "trainable_params" in rows else None,
+            "step_time_ms": 1000 * float(times.mean()) if times is not None else None,
+            "step_time_ms_median": 1000 * float(times.median()) if times is not None else None,
+            "peak_mem_bytes": peaks.get(str(label)) if peaks is not None else None,
+        }
+    return out
+
+
+def _mean(epochs: pd.DataFrame, column: str) -> float | None:
+    """The epochs' mean of ``column`` ignoring NaN; None when the column is absent or all NaN."""
+    if column not in epochs:
+        return None
+    values = pd.to_numeric(epochs[column], errors="coerce")
+    return float(values.mean()) if values.notna().any() else None
+
+
+def summarize(run: Run, epochs: pd.DataFrame, steps: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The run's ``summary.json``: final and best accuracy, test NLL/ECE, times, memory, interference, ``exploded``.
 
     ``exploded`` is ``None``, or ``{"epoch": e, "reason": "..."}`` when the run blew up without a
     NaN (:func:`explosion`): its accuracies then describe a broken run, not the schedule.
@@ -208,7 +265,7 @@ def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
     val_acc = epochs["val_acc"].tolist()
     best = max(val_acc)
     target = cfg.target_acc if cfg.target_acc is not None else 0.9 * best
-    _, _, test_ece, logits = evaluate(model, data.test.x, data.test.y, run.inputs)
+    test_nll, _, test_ece, logits = evaluate(model, data.test.x, data.test.y, run.inputs)
     _, bins = metrics.expected_calibration_error(logits.float(), data.test.y)
     early = [c for c in epochs.columns if c.startswith("grad_mean_abs:") and c.endswith("weight")][:2]
     train_time = float(epochs["train_time_s"].sum())
@@ -231,13 +288,19 @@ def summarize(run: Run, epochs: pd.DataFrame) -> dict[str, Any]:
         "train_time_s": train_time,
         "target_acc": target,
         "time_to_target_s": metrics.time_to_target(val_acc, epochs["epoch_time_s"].tolist(), target),
-        "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_mem_bytes": run.memory.overall,
+        "peak_mem_bytes_evaluation": (run.memory.by_phase() or {}).get(EVALUATION),
         "test_ece": float(test_ece),
+        "test_nll": float(test_nll),
         "reliability": {k: [float(v) for v in torch.as_tensor(bins[k]).tolist()] for k in ("conf", "acc", "count")},
         "throughput_samples_per_s": len(data.train.y) * len(epochs) / train_time if train_time else None,
         "step_time_ms": 1000 * train_time / (run.steps_per_epoch * len(epochs)),
         "switches": run.freezer.switches,
         "exploded": explosion(epochs["train_loss"].tolist(), val_acc, data.num_classes),
+        "trainable_sets": trainable_sets(run, steps),
+        "mean_grad_cosine": _mean(epochs, "grad_cosine"),
+        "mean_interference_loss": _mean(epochs, "interference_loss"),
+        "mean_interference_ratio": _mean(epochs, "interference_ratio"),
         "data_source": data.source,
         "precision": run.plan.precision,
         "augment": cfg.augment,

@@ -148,8 +148,7 @@ class Training:
         if self.run_dir is not None:
             self.start_epoch, self._rng = record.resume(run, self.run_dir, self.rows, self.step_rows)
             self._observe()  # an adaptive schedule's decisions, recomputed from the epochs read back
-        if run.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(run.device)
+        run.memory.start()
         self.board = _tensorboard(cfg, self.run_dir) if self.lead else None
         if cfg.grad_stats and self.lead:
             metrics.warm_up_jvp()
@@ -194,7 +193,8 @@ class Training:
                 self._check_finite(float(stepped.losses.float().mean()), epoch)
                 return
         t0 = time.perf_counter()
-        row = epoch_row(run, epoch, stepped, train_time, self.measure())
+        with run.memory.phase():  # the evaluation's peak is its own, not the last trainable set's
+            row = epoch_row(run, epoch, stepped, train_time, self.measure())
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
         row["timed_alone"] = not self.lockstep_group  # per epoch: a resumed run may have been in a group before
         self._check_finite(row["train_loss"], epoch)
@@ -202,7 +202,7 @@ class Training:
         self._observe()
         self._warn_if_exploded()
         if cfg.log_steps:
-            self.step_rows.append(step_frame(epoch, run.steps_per_epoch, stepped))
+            self.step_rows.append(step_frame(run, epoch, stepped))
         self._unsaved = epoch
         if epoch + 1 == cfg.epochs or time.monotonic() - self._saved_at >= cfg.save_every_s:
             record.save_progress(run, self.out, self.rows, self.step_rows, epoch)
@@ -252,8 +252,8 @@ class Training:
             return RunResult(self.run.config, pd.DataFrame(), None, {}, None, self.run.model)
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
-        with process_settings(self.run.plan):  # the final evaluation with the run's own threads, as in its loop
-            summary = summarize(self.run, epochs_df)
+        with process_settings(self.run.plan), self.run.memory.phase():  # the final evaluation with the run's own threads
+            summary = summarize(self.run, epochs_df, steps_df)
         alone = epochs_df["timed_alone"] if "timed_alone" in epochs_df else pd.Series([False])
         # Epochs logged before this column existed have no value: not known to be alone.
         summary |= {"timed_alone": bool(alone.fillna(False).astype(bool).all()), "lockstep_group": self.lockstep_group}

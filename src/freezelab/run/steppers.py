@@ -85,6 +85,7 @@ class EagerStepper:
             if self.timed:
                 marks.append(_mark(cuda))
             fz.step(Clock.at(step, spe, epochs))
+            run.memory.track(fz.trainable)
             opt = fz.optimizer
             self.set_lr(step)
             batch = slice(i * bs, (i + 1) * bs)
@@ -318,8 +319,9 @@ class GraphStepper:
         times: list[tuple] = []
         i = 0
         while i < spe:
-            for fz, (clocks, _) in zip(freezers, ahead):
+            for m, fz, (clocks, _) in zip(self.members, freezers, ahead):
                 fz.step(clocks[i])
+                m.run.memory.track(fz.trainable)
             j = i
             while j < spe and all(sets[j] == fz.trainable for fz, (_, sets) in zip(freezers, ahead)):
                 j += 1

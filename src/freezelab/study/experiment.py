@@ -209,7 +209,8 @@ def _fmt(value: Any) -> str:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Read and validate an experiment YAML file (safe-loaded).
 
-    ``overrides`` patch ``base``; an override of a grid key narrows the grid to that value
+    ``overrides`` patch ``base`` (a dotted key such as ``model_args.checkpoint`` sets one entry of a
+    mapping); an override of a grid key narrows the grid to that value
     (same labels and folders as the full grid). ``seeds`` may be a count: the file's first
     seeds are kept, so ``--seeds 2`` on ``seeds: [42, 43, 44]`` runs 42 and 43.
     """
@@ -241,8 +242,27 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
 def _with_base(data: dict[str, Any], overrides: dict[str, Any], path: Path) -> Experiment:
     """The experiment with ``overrides`` patched into ``base``."""
     base = data.get("base") or {}
-    data["base"] = {**base, **overrides} if isinstance(base, dict) else base
+    data["base"] = _patched(base, overrides, str(path)) if isinstance(base, dict) else base
     return Experiment.from_dict(data, source=str(path))
+
+
+def _patched(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; a dotted key (``model_args.checkpoint``) sets one entry of a mapping.
+
+    So ``--set model_args.checkpoint=PATH`` changes the checkpoint and keeps the file's other model options.
+    """
+    out = dict(base)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for depth, name in enumerate(parents):
+            child = node.get(name, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ExperimentError(f"{source}: --set {key}: {where} is {child!r}, not a mapping; set {where} itself")
+            node[name] = node = dict(child)  # a copy: the file's own mapping stays as read
+        node[leaf] = value
+    return out
 
 
 def _first_seeds(seeds: Any, count: int) -> Any:
