@@ -127,10 +127,8 @@ Launcher = Callable[[list[tuple[RunConfig, Path]], Callable[["RunOutcome"], None
 def train_one(config: dict[str, Any], run_dir: str) -> float:
     """Train one run into ``run_dir`` (resuming from its checkpoint there); its seconds.
 
-    The entry point of every launcher's worker (top level, so it pickles by name).
-    """
-
-    The run sets its own thread count (its config's ``threads``), wherever it trains.
+    The entry point of every launcher's worker (top level, so it pickles by name). The run
+    sets its own thread count (its config's ``threads``), wherever it trains.
     """
     from ..run import train
 
