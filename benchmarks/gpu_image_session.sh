@@ -44,6 +44,15 @@ if want seed003; then
     --lockstep 1 ${SEED003_SET:-} >>"$log" 2>&1
   tar -C /tmp/runs --exclude='*.pt' -czf "$OUT/seed003_runs.tar.gz" seed003_cifar10
 fi
+if want seed002; then
+  step "seed 002: pretrain on classes 0-4"
+  timeout "${PRETRAIN_TIMEOUT:-90}" python3 -c "from freezelab.cli import app; app()" run configs/seed002_pretrain.yaml --runs-dir runs \
+    --no-report ${PRETRAIN_SET:-} >>"$log" 2>&1
+  step "seed 002: LoRA + Norm schedules on classes 5-9"
+  timeout "${FINETUNE_TIMEOUT:-220}" python3 -c "from freezelab.cli import app; app()" run configs/seed002_lora_norm.yaml --runs-dir runs \
+    --lockstep 1 ${FINETUNE_SET:-} >>"$log" 2>&1
+  tar -C runs --exclude='*.pt' -czf "$OUT/seed002_runs.tar.gz" seed002_pretrain seed002_lora_norm
+fi
 if want speed; then
   step "image speed"
   timeout 560 python3 benchmarks/image_speed.py --out "$OUT" >>"$log" 2>&1
