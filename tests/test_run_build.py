@@ -46,3 +46,12 @@ def test_a_lora_run_defaults_to_seed_002s_groups():
     assert groups_spec(RunConfig(model="vit_tiny32", groups={"by": "layers"})) == {"by": "layers"}
     with pytest.raises(ConfigError, match="groups must be a mapping .* or null"):
         RunConfig.from_dict({"groups": "depth"})
+
+
+def test_every_run_option_has_a_type_check_and_its_words():
+    """A new RunConfig field whose annotation the type check does not know would fail every run."""
+    import dataclasses
+
+    from freezelab import config
+
+    assert {str(f.type) for f in dataclasses.fields(config.RunConfig)} <= set(config._TYPE_WORDS)

@@ -209,6 +209,7 @@ _TYPE_WORDS = {
     "str": "a string", "str | None": "a string or null", "bool": "true or false", "int": "an integer",
     "int | None": "an integer or null", "float": "a number", "float | None": "a number or null",
     "dict[str, Any]": "a mapping such as {key: value}", "dict[str, Any] | None": "a mapping such as {key: value} or null",
+    "list[str]": "a list of names", "list[str] | None": "a list of names or null",
 }
 
 
@@ -219,6 +220,8 @@ def _has_type(value: Any, annotation: str) -> bool:
     base = annotation.removesuffix(" | None")
     if base == "dict[str, Any]":
         return isinstance(value, dict)
+    if base == "list[str]":
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     if isinstance(value, bool):
         return base == "bool"
     return {"str": isinstance(value, str), "bool": False, "int": isinstance(value, int),
