@@ -219,3 +219,14 @@ def test_a_lora_run_alternating_norm_and_lora_per_batch_leaves_the_base_bit_iden
     for name in gs.names:  # 4 batches alternating norm/lora: every group trained
         assert changed & set(gs[name].param_names), name
     assert not any(p.requires_grad for n, p in model.named_parameters() if n in set(gs.unmanaged))
+
+
+def test_a_damaged_freezelab_checkpoint_is_refused_by_name(tmp_path):
+    first = tmp_path / "first"
+    train({**TINY, "seed": 3}, first, progress=False)
+    path = first / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # one garbled byte near the end of the payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"checkpoint\.pt fails its SHA-256 check"):
+        build_run({**TINY, "model_args": {"hidden": [16], "checkpoint": str(path)}})

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from freezelab import files
 from freezelab.run import record, train
 
 CONFIG = {"dataset": "digits", "subset": 200, "epochs": 3, "batch_size": 50, "model_args": {"hidden": [16]},
@@ -65,7 +66,7 @@ def _assert_same_run(result, expected) -> None:
 def garble_tensor_byte(path: Path) -> None:
     """Flip one byte inside the first weight matrix's data (not in a header or the zip directory)."""
     data = bytearray(path.read_bytes())
-    head = len(record._MAGIC) + 65
+    head = len(files.SEAL) + 65
     state = torch.load(io.BytesIO(bytes(data[head:])), weights_only=True)
     weights = state["model"]["fc1.weight"].numpy().tobytes()
     at = bytes(data).find(weights[:64])
@@ -127,7 +128,7 @@ def test_the_checksum_catches_a_garbled_tensor_byte_that_torch_alone_loads_silen
     path = tmp_path / record.CHECKPOINT
     shutil.copy(snapshot / record.CHECKPOINT, path)
     garble_tensor_byte(path)
-    payload = path.read_bytes()[len(record._MAGIC) + 65 :]
+    payload = path.read_bytes()[len(files.SEAL) + 65 :]
     silently = torch.load(io.BytesIO(payload), weights_only=True)  # the failure this format exists for
     good = record.decode_checkpoint((snapshot / record.CHECKPOINT).read_bytes(), path)
     assert not torch.equal(silently["model"]["fc1.weight"], good["model"]["fc1.weight"])

@@ -22,13 +22,14 @@ at a named write, so tests can interrupt a run at exact places (``tests/test_kil
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import secrets
 import signal
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "kill_point", "KILL_AT"]
+__all__ = ["seal", "unseal", "atomic_write", "remove_stale_temporaries", "kill_point", "KILL_AT"]
 
 #: ``GLOB:N[:during|after]``: SIGKILL this process at its N-th write of a file whose name matches
 #: GLOB, half-way through writing the temporary file (``during``, the default) or right after it
@@ -123,3 +124,29 @@ def kill_point(path: Path, moment: str) -> None:
     _writes_seen[spec] = seen = _writes_seen.get(spec, 0) + 1
     if seen == int(count):
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+#: The first line of a checked file (a freezelab checkpoint); the SHA-256 of the payload follows.
+SEAL = b"freezelab-checkpoint 1\n"
+
+
+def seal(payload: bytes) -> bytes:
+    """``payload`` behind a header and its SHA-256, so that a garbled or truncated copy is detected on read."""
+    return SEAL + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def unseal(data: bytes) -> bytes:
+    """The payload of :func:`seal`'s bytes; ``ValueError`` saying what is wrong with them otherwise.
+
+    Checkpoints are read by the run (resume) and by the model loader (a pretrained base), so
+    both check them here, before ``torch.load`` sees a byte.
+    """
+    if not data:
+        raise ValueError("is empty")
+    head = len(SEAL) + 65
+    if not data.startswith(SEAL) or len(data) < head or data[head - 1 : head] != b"\n":
+        raise ValueError("is not a freezelab checkpoint (no header; truncated, garbled or older format)")
+    payload = data[head:]
+    if hashlib.sha256(payload).hexdigest().encode() != data[len(SEAL) : head - 1]:
+        raise ValueError(f"fails its SHA-256 check (truncated or garbled, {len(data)} bytes)")
+    return payload

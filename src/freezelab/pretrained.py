@@ -36,6 +36,7 @@ a regular expression string (``'blocks\\..*\\.(qkv|proj|fc1|fc2)'``) to leave it
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -46,6 +47,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
+from .files import SEAL, unseal
 from .groups import NORM_TYPES, GroupError, find_head
 
 __all__ = ["ARGS", "Pretrained", "LoraSpec", "split_model_args", "read_state_dict", "load_checkpoint",
@@ -179,7 +181,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         loaded: Any = load_file(str(file), device="cpu")
     else:
         try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            data = file.read_bytes()
+            if data.startswith(SEAL):  # a freezelab run's checkpoint: checked before it is read
+                try:
+                    data = unseal(data)
+                except ValueError as e:
+                    raise ConfigError(f"model_args.checkpoint: {file} {e}; point it at a good checkpoint "
+                                      "(the run folder's checkpoint.prev.pt, or rerun that run)") from None
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except ConfigError:
+            raise
         except Exception as e:  # pickle errors of many kinds: a file we must not or cannot read
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"model_args.checkpoint: {file} is not a weights-only torch checkpoint ({first}); "

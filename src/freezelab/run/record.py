@@ -30,7 +30,6 @@ Files a person or another program may have put in the folder are read with one-l
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -43,7 +42,7 @@ import pandas as pd
 import torch
 import yaml
 
-from ..files import atomic_write
+from ..files import atomic_write, seal, unseal
 
 if TYPE_CHECKING:
     from .build import Run
@@ -258,27 +257,21 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / SUMMARY).exists()
 
 
-_MAGIC = b"freezelab-checkpoint 1\n"
 
 
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
     """The bytes of a checkpoint file: header, SHA-256 of the payload, payload (see the module docstring)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    payload = buf.getvalue()
-    return _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    return seal(buf.getvalue())
 
 
 def decode_checkpoint(data: bytes, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The state in a checkpoint file's bytes, or :class:`CheckpointError` saying what is wrong with ``path``."""
-    if not data:
-        raise CheckpointError(path, "is empty")
-    head = len(_MAGIC) + 65
-    if not data.startswith(_MAGIC) or len(data) < head or data[head - 1 : head] != b"\n":
-        raise CheckpointError(path, "is not a freezelab checkpoint (no header; truncated, garbled or older format)")
-    payload = data[head:]
-    if hashlib.sha256(payload).hexdigest().encode() != data[len(_MAGIC) : head - 1]:
-        raise CheckpointError(path, f"fails its SHA-256 check (truncated or garbled, {len(data)} bytes)")
+    try:
+        payload = unseal(data)
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
     # The bytes are the ones written; a failure to load them now is a bug, not a damaged file.
     state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "epoch" not in state:
