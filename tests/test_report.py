@@ -372,3 +372,13 @@ def test_figures_stay_readable_from_1_to_60_runs(tmp_path: Path, variants: int, 
             if legend is not None and len(legend.get_texts()) > 6:
                 assert legend.get_bbox_to_anchor().x0 >= ax.bbox.x1, stem
     assert len(set(_palette(60))) == 60  # every variant of a 60-variant grid its own colour
+
+
+def test_the_report_names_the_data_copy(tmp_path):
+    from freezelab.report.render import render
+
+    from freezelab.run import train
+
+    train({"dataset": "digits", "epochs": 1, "grad_stats": False, "experiment": "e", "variant": "standard"},
+          tmp_path / "e" / "standard" / "seed0", progress=False)
+    assert any(f.startswith("data: ") for f in render(tmp_path / "e", run_pages=False).facts)
