@@ -239,7 +239,7 @@ CASES: list[Case] = [
     Case("seed-float", "fractional seed", "seed must be an integer", train("--set", "seed=1.5")),
     Case("target-acc", "target accuracy above 1", "target_acc must be a fraction", train("--set", "target_acc=2")),
     Case("fast-unknown", "unknown fast mode", "fast must be auto, off or graph", train("--set", "fast=maybe")),
-    Case("compile-bool", "compile: yes (YAML true)", "compile must be a string, got True", train("--set", "compile=yes")),
+    Case("compile-bool", "compile: yes (YAML 1.1's true; read as the word)", "compile must be auto or off, got 'yes'", train("--set", "compile=yes")),
     Case("save-every", "negative checkpoint interval", "save_every_s must be a number of seconds >= 0",
          train("--set", "save_every_s=-1")),
     Case("subset-zero", "empty subset", "subset must be >= 1", train("--set", "subset=0")),

@@ -254,7 +254,7 @@ def test_installed_entry_point_exit_status_and_stderr():
 def test_ctrl_c_in_a_sequential_sweep_is_one_line_exit_130_and_keeps_the_finished_runs(tmp_path, exp_file, monkeypatch):
     from freezelab.study import runner
 
-    real, calls = runner._train_one, []
+    real, calls = runner.train_one, []
 
     def interrupted_second_run(config, run_dir):
         calls.append(run_dir)
@@ -262,7 +262,7 @@ def test_ctrl_c_in_a_sequential_sweep_is_one_line_exit_130_and_keeps_the_finishe
             raise KeyboardInterrupt
         return real(config, run_dir)
 
-    monkeypatch.setattr(runner, "_train_one", interrupted_second_run)
+    monkeypatch.setattr(runner, "train_one", interrupted_second_run)
     result = invoke("run", str(exp_file), "--runs-dir", str(tmp_path))
     assert result.exit_code == 130
     assert result.stderr.strip().splitlines() == [

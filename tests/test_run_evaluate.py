@@ -59,7 +59,7 @@ def test_without_interference_nothing_more_is_measured():
 @pytest.mark.parametrize("pair, message", [
     (["first"], r"interference names two different groups, e.g. \[lora, norm\], or is null; got \['first'\]"),
     (["first", "first"], r"interference names two different groups"),
-    ("first,second", r"interference names two different groups"),
+    ("first,second", r"interference must be a list of names or null, got 'first,second'"),
 ])
 def test_a_bad_interference_pair_is_one_line(pair, message):
     with pytest.raises(ConfigError, match=message):
