@@ -63,7 +63,7 @@ FORK_KILLS = ["config.yaml:1", "checkpoint.pt:1", "epochs.parquet:2", "checkpoin
               "checkpoint.pt:5", "epochs.parquet:1:after"]
 TIMING_COLUMNS = {"epoch_time_s", "train_time_s", "step_time_s"}
 TIMING_SUMMARY = {"avg_epoch_time_s", "total_time_s", "train_time_s", "time_to_target_s",
-                  "throughput_samples_per_s", "step_time_ms"}
+                  "throughput_samples_per_s", "step_time_ms", "trainable_sets"}  # per-set step times: compared below
 
 
 def experiment_data(policy: str) -> dict[str, Any]:
@@ -131,6 +131,8 @@ def assert_same_run(got: Path, want: Path) -> None:
                                       b.drop(columns=TIMING_COLUMNS & set(b.columns)), check_exact=True, obj=f"{got}/{name}")
     a, b = record.read_summary(got), record.read_summary(want)
     assert same({k: v for k, v in a.items() if k not in TIMING_SUMMARY}, {k: v for k, v in b.items() if k not in TIMING_SUMMARY}), got
+    untimed = lambda sets: {name: (s["steps"], s["trainable_params"]) for name, s in (sets or {}).items()}  # noqa: E731
+    assert untimed(a.get("trainable_sets")) == untimed(b.get("trainable_sets")), got
     ca, cb = record.load_checkpoint(got), record.load_checkpoint(want)
     assert ca["epoch"] == cb["epoch"] == BASE["epochs"]
     assert same(ca["model"], cb["model"]), f"{got}: final weights differ"
