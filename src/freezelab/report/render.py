@@ -115,7 +115,7 @@ def _warnings(c: Collected, timing: dict[str, str]) -> list[str]:
         counts = c.flagged["status"].value_counts()
         what = ", ".join(f"{n} {status}" for status, n in counts.items())
         out.append(f"{what}: see \"Runs not in the comparison, or flagged\"; failed, unfinished and missing runs "
-                   "are not in the means or tests, exploded runs are")
+                   "are left out of the means and tests; exploded runs stay in them, flagged")
     shared = sorted(v for v, source in timing.items() if source != "measured")
     if shared:
         probed = [v for v in shared if timing[v] == "probe"]
