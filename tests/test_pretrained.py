@@ -146,6 +146,7 @@ def test_a_missing_checkpoint_fails_when_the_config_is_checked(tmp_path):
     ({"lora": {"rank": 8}}, r"unknown model_args\.lora option 'rank'"),
     ({"lora": {"r": 0}}, r"r must be a whole number >= 1"),
     ({"lora": {"targets": []}}, r"targets must be module names"),
+    ({"lora": {"targets": 3}}, r"targets must be module names"),
     ({"lora": "yes"}, r"lora must be a mapping"),
     ({"reinit": ["conv1"]}, r"add model_args\.checkpoint"),
     ({"checkpoint": 3}, r"checkpoint must be a file path"),

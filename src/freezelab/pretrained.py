@@ -85,13 +85,13 @@ class LoraSpec:
         if unknown:
             raise ConfigError(f"unknown model_args.lora option {unknown[0]!r}; options are {valid}")
         targets = spec.get("targets", cls.targets)
-        lora = cls(**{**spec, "targets": targets if isinstance(targets, str) else tuple(targets)})
+        lora = cls(**{**spec, "targets": tuple(targets) if isinstance(targets, (list, tuple)) else targets})
         whole = isinstance(lora.r, int) and not isinstance(lora.r, bool)
         checks = [
             (whole and lora.r >= 1, f"r must be a whole number >= 1, got {lora.r!r}"),
             (isinstance(lora.alpha, (int, float)) and not isinstance(lora.alpha, bool) and lora.alpha > 0,
              f"alpha must be a positive number, got {lora.alpha!r}"),
-            (bool(lora.targets) and all(isinstance(t, str) for t in lora.targets),
+            (isinstance(lora.targets, (str, tuple)) and bool(lora.targets) and all(isinstance(t, str) for t in lora.targets),
              f"targets must be module names such as [qkv, proj] or one regex string, got {targets!r}"),
             (isinstance(lora.dropout, (int, float)) and 0 <= lora.dropout < 1, f"dropout must be in [0, 1), got {lora.dropout!r}"),
             (isinstance(lora.norms, bool), f"norms must be true or false, got {lora.norms!r}"),
