@@ -12,7 +12,6 @@ summary adds, per trainable set, its steps, trainable parameters, step time and 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +22,11 @@ from torch import nn
 from .. import metrics
 from ..optim import optimizer_state_bytes
 from ..schedules.adaptive import GRAD_NORM_PREFIX
+from .inputs import PLAIN, Inputs
 from .memory import EVALUATION, set_label
 
 if TYPE_CHECKING:
     from .build import Run
-    from .inputs import Inputs
     from .steppers import StepRecord
 
 __all__ = ["evaluate", "probe_statistics", "measure_epoch", "epoch_row", "step_frame", "summarize", "explosion",
@@ -38,18 +37,17 @@ SCALARS = ("val_loss", "val_acc", "val_ece", "test_loss", "test_acc", "test_ece"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: Inputs | None = None) -> tuple[torch.Tensor, ...]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs: Inputs = PLAIN) -> tuple[torch.Tensor, ...]:
     """Mean NLL, accuracy and ECE of ``model`` on ``(x, y)``, plus the logits (for reliability bins).
 
-    ``inputs``: the run's input pipeline (resize, layout, precision; never augmentation); ``None``
-    feeds the stored tensors as they are, in float32.
+    ``inputs``: the run's input pipeline (resize, layout, precision; never augmentation); the
+    default feeds the stored tensors as they are, in float32.
     """
-    chunk = inputs.eval_chunk if inputs is not None else 8192
+    chunk = inputs.eval_chunk
     was_training = model.training
     model.eval()
-    with inputs.autocast() if inputs is not None else contextlib.nullcontext():
-        logits = torch.cat([model(inputs.eval(x[i : i + chunk]) if inputs is not None else x[i : i + chunk])
-                            for i in range(0, len(y), chunk)])
+    with inputs.autocast():
+        logits = torch.cat([model(inputs.eval(x[i : i + chunk])) for i in range(0, len(y), chunk)])
     model.train(was_training)
     loss = nn.functional.cross_entropy(logits.float(), y)
     acc = (logits.argmax(1) == y).float().mean()
@@ -119,7 +117,10 @@ def measure_epoch(run: Run) -> dict[str, Any]:
     """
     model, data = run.model, run.data
     val_loss, val_acc, val_ece, _ = evaluate(model, data.val.x, data.val.y, run.inputs)
-    test_loss, test_acc, test_ece, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
+    if data.test is data.val:  # recipes without a validation split (train_test): one evaluation serves both
+        test_loss, test_acc, test_ece = val_loss, val_acc, val_ece
+    else:
+        test_loss, test_acc, test_ece, _ = evaluate(model, data.test.x, data.test.y, run.inputs)
     probe = probe_statistics(run) if run.config.grad_stats else {}
     scalars = dict(zip(SCALARS, (val_loss, val_acc, val_ece, test_loss, test_acc, test_ece)))
     return {"scalars": scalars, "probe": probe}

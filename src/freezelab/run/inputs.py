@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..data.augment import apply_crop_flip, crop_flip_params, epoch_crop_flip_params, resize_batch
 
-__all__ = ["Inputs", "Draws", "AUGMENTATIONS", "PRECISIONS"]
+__all__ = ["Inputs", "Draws", "AUGMENTATIONS", "PRECISIONS", "PLAIN"]
 
 #: ``augment`` options: what a training batch gets before the model sees it.
 AUGMENTATIONS = {"none": "no augmentation (the MLP recipes of seeds 000, 001 and 004 had none)",
@@ -104,3 +104,7 @@ class Inputs:
     def eval_chunk(self) -> int:
         """Examples per evaluation forward: resized inputs (224 px) are 49x larger than CIFAR's."""
         return 1024 if self.size is not None else 8192
+
+
+#: The stored tensors as they are, in float32: for evaluating a model outside a run.
+PLAIN = Inputs(augment="none", seed=0, size=None, channels_last=False, bf16=False, device_type="cpu")
