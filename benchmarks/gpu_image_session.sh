@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of the image-model issues (13, 15, 14), each part under one device call's 10 minutes (H200):
+# The GPU measurements of the image-model issues (13, 15, 14), each part under one device call's 10 minutes (H200).
+# Parts: tests seed000 savings seed003 seed002 lora_speed speed, e.g.
 #   PARTS="tests seed000" bash benchmarks/gpu_image_session.sh
 #   PARTS="speed" bash benchmarks/gpu_image_session.sh
 #   tools: run(command="PARTS=... bash benchmarks/gpu_image_session.sh", carry=[".data"])  after ../shared/tools/stage-data CIFAR10-JPEG
@@ -17,7 +18,7 @@ step "decode CIFAR-10 once (cached for every process)"
 python3 -c "from freezelab.data import load_dataset; d = load_dataset('cifar10', recipe='train_test'); print(d.source, tuple(d.train.x.shape))" >>"$log" 2>&1
 if want tests; then
   step "GPU tests"
-  timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider -p no:logging ${TESTS:-tests/test_run_inputs.py tests/test_run_steppers.py tests/test_data_augment.py tests/test_models.py} >"$OUT/gpu_tests.txt" 2>&1
+  timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -p no:logging ${TESTS:-tests/test_run_inputs.py tests/test_run_steppers.py tests/test_data_augment.py tests/test_models.py} >"$OUT/gpu_tests.txt" 2>&1
   tail -3 "$OUT/gpu_tests.txt" | tee -a "$log"
 fi
 if want seed000; then
@@ -50,8 +51,12 @@ if want seed002; then
     --no-report ${PRETRAIN_SET:-} >>"$log" 2>&1
   step "seed 002: LoRA + Norm schedules on classes 5-9"
   timeout "${FINETUNE_TIMEOUT:-220}" python3 -c "from freezelab.cli import app; app()" run configs/seed002_lora_norm.yaml --runs-dir runs \
-    --lockstep 1 ${FINETUNE_SET:-} >>"$log" 2>&1
+    --lockstep 1 --jobs "${FINETUNE_JOBS:-1}" ${FINETUNE_SET:-} >>"$log" 2>&1
   tar -C runs --exclude='*.pt' -czf "$OUT/seed002_runs.tar.gz" seed002_pretrain seed002_lora_norm
+fi
+if want lora_speed; then
+  step "seed 002's shape: LoRA + Norm phases on ViT-S/16"
+  timeout "${LORA_SPEED_TIMEOUT:-420}" python3 benchmarks/lora_norm_speed.py --out "$OUT" >>"$log" 2>&1
 fi
 if want speed; then
   step "image speed"

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("freezelab.config", "freezelab.files")),  # plain data and file writing: import nothing of freezelab
     ("groups", ("freezelab.groups",)),
     ("schedules", ("freezelab.schedules",)),
-    ("freezer", ("freezelab.freezer", "freezelab")),  # the package itself re-exports the engine
+    ("freezer", ("freezelab.lora_merge", "freezelab.freezer", "freezelab")),  # the package itself re-exports the engine
     # building blocks that know nothing of runs: data, models (and their checkpoints / LoRA), optimizers, measurements
     ("parts", ("freezelab.data", "freezelab.models", "freezelab.pretrained", "freezelab.optim", "freezelab.metrics",
                "freezelab.flops", "freezelab.stats")),

@@ -117,6 +117,10 @@ class RunConfig:
     # the suffix on its outputs (run/prefix_cache.py); auto does so where that is exact (no
     # augmentation, dropout or train-mode batch norms, the eager stepper), on refuses where not.
     cache_frozen_prefix: str = "auto"
+    # auto | on | off: while a peft LoRA layer's adapters are all frozen, run it as one product with
+    # the adapters merged into the base weight, restored exactly when they thaw (lora_merge.py);
+    # auto merges where that is exact (plain LoRA, no adapter dropout), on refuses where not.
+    merge_frozen_lora: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 for image models on CUDA
     channels_last: str = "auto"  # auto | on | off: NHWC layout for image models; auto: on for image models on CUDA
     log_steps: bool = True  # per-step loss, trainable fraction and step time (cheap)
@@ -180,6 +184,8 @@ class RunConfig:
         need(self.compile in ("auto", "off"), f"compile must be auto or off, got {self.compile!r}")
         need(self.cache_frozen_prefix in ("auto", "on", "off"),
              f"cache_frozen_prefix must be auto, on or off, got {self.cache_frozen_prefix!r}")
+        need(self.merge_frozen_lora in ("auto", "on", "off"),
+             f"merge_frozen_lora must be auto, on or off, got {self.merge_frozen_lora!r}")
         need(self.augment in ("none", "crop_flip", "flip"), f"augment must be none, crop_flip or flip, got {self.augment!r}")
         need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         need(self.channels_last in ("auto", "on", "off"), f"channels_last must be auto, on or off, got {self.channels_last!r}")

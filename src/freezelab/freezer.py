@@ -41,7 +41,9 @@ What the freezer manages, and what it leaves alone:
   than an error). ``missing="add"`` puts such parameters into the first param group.
 
 Optionally (``bn_stats="frozen"``) a normalisation layer whose parameters are all frozen
-is put in eval mode, so its running statistics stop moving too.
+is put in eval mode, so its running statistics stop moving too; and (``merge_lora=True``) a
+peft LoRA layer whose adapters are all frozen is merged into its base weight and restored
+exactly when they thaw (:mod:`freezelab.lora_merge`), so a frozen branch costs nothing.
 
 Example::
 
@@ -59,6 +61,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +70,7 @@ import torch
 from torch import nn
 
 from .groups import NORM_TYPES, GroupSet, mark_frozen_by_freezelab, user_frozen
+from .lora_merge import LoraMerge
 from .schedules import Clock, Schedule
 
 __all__ = ["Freezer", "FreezerError", "check_options", "POLICIES", "BN_STATS", "MISSING", "freeze", "unwrap_optimizer"]
@@ -202,7 +206,8 @@ class Freezer:
     counts *optimizer* steps, so a switch never falls inside a gradient-accumulation window.
 
     ``optimizer`` is the optimizer that steps the model (or a list of them, or ``None`` for
-    ``keep`` when something else steps it); host wrappers are unwrapped.
+    ``keep`` when something else steps it); host wrappers are unwrapped. ``merge_lora``: merge
+    frozen peft LoRA adapters into their base weights while frozen (:mod:`freezelab.lora_merge`).
     """
 
     def __init__(
@@ -215,6 +220,7 @@ class Freezer:
         policy: str = "keep",
         bn_stats: str = "train",
         missing: str = "error",
+        merge_lora: bool = False,
     ) -> None:
         check_options(policy, bn_stats, missing)
         optimizers = [] if optimizer is None else [optimizer] if not isinstance(optimizer, Sequence) else list(optimizer)
@@ -241,6 +247,10 @@ class Freezer:
             for m in model.modules()
             if isinstance(m, NORM_TYPES) and getattr(m, "track_running_stats", False)
         ]
+        try:
+            self.lora_merge = LoraMerge(model) if merge_lora else None
+        except ValueError as error:
+            raise FreezerError(f"{error}; pass merge_lora=False") from None
 
     # -- what is managed ---------------------------------------------------------------
     @staticmethod
@@ -354,7 +364,13 @@ class Freezer:
                 raise self._nothing_trainable(clock)
         if self.bn_stats == "frozen":
             self._update_norm_modes()
+        if self.lora_merge is not None:
+            self.lora_merge.sync()  # also after a model load_state_dict unmerged behind the freezer's back
         return changed
+
+    def unmerged_lora(self) -> contextlib.AbstractContextManager:
+        """A block in which every LoRA adapter runs in its own branch (for probes that need its gradient)."""
+        return self.lora_merge.unmerged() if self.lora_merge is not None else contextlib.nullcontext()
 
     def check_trains_something(self, clock: Clock) -> None:
         """Raise :class:`FreezerError` now if the schedule would leave nothing trainable at ``clock``.
@@ -393,6 +409,8 @@ class Freezer:
                     p.grad = None
                     mark_frozen_by_freezelab(p)
         self.trainable_numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.lora_merge is not None:
+            self.lora_merge.sync()
 
     # -- optimizer policies -------------------------------------------------------------
     def _sync(self, view: _OptimizerView, reset: bool) -> None:
@@ -500,6 +518,8 @@ class Freezer:
             view.set_full()
             if _attached.get(view.opt) is self:
                 del _attached[view.opt]
+        if self.lora_merge is not None:
+            self.lora_merge.detach()
 
     # -- norm statistics --------------------------------------------------------------
     def _update_norm_modes(self) -> None:

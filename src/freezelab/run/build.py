@@ -31,7 +31,7 @@ from ..schedules import SCHEDULES, Clock, Schedule, ScheduleError, schedule_from
 from . import ddp as ddp_mod
 from .inputs import Inputs
 from .memory import PeakMemory
-from .plan import ExecutionPlan, fused_optimizer, plan_run, resolve_device
+from .plan import ExecutionPlan, fused_optimizer, lora_merge_choice, plan_run, resolve_device
 from .prefix_cache import check_request
 
 __all__ = ["Run", "SharedData", "build_run", "check_config", "build_schedule", "data_request", "groups_spec",
@@ -196,14 +196,15 @@ def build_run(config: RunConfig | dict[str, Any], data: DatasetSplits | SharedDa
     params = param_groups_by_group(model, gs) if schedule.scales_lr else model.parameters()
     optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, fused=fused_optimizer(cfg, device) or None)
-    freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats)
+    merge_lora = lora_merge_choice(cfg, model)
+    freezer = Freezer(model, gs, schedule, optimizer, policy=cfg.policy, bn_stats=cfg.bn_stats, merge_lora=merge_lora[0])
     batches = IndexBatches(len(data.train.y), cfg.batch_size, seed=cfg.seed, device=device)
     spe = batches.steps_per_epoch
     freezer.check_trains_something(Clock.at(0, spe, cfg.epochs))  # before the run folder is written
     lr_at = lr_schedule(cfg.lr_schedule, cfg.lr, epochs=cfg.epochs, steps_per_epoch=spe)
     plan = plan_run(cfg, device, dropout=has_dropout(model), optimizer=optimizer, steps_per_epoch=spe,
                     train_size=len(data.train.y), scales_lr=freezer.scales_lr, images=images,
-                    world_size=ddp_mod.world_size(),
+                    world_size=ddp_mod.world_size(), merge_lora=merge_lora,
                     trainable_sets=lambda enough: _trainable_sets(freezer, spe, cfg.epochs, enough))
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same tensors

@@ -193,7 +193,9 @@ class Training:
                 self._check_finite(float(stepped.losses.float().mean()), epoch)
                 return
         t0 = time.perf_counter()
-        with run.memory.phase():  # the evaluation's peak is its own, not the last trainable set's
+        # The evaluation's peak is its own, not the last trainable set's; frozen LoRA runs in its own
+        # branch for it (the probe needs LoRA's gradient; every measurement sees the unmerged weights).
+        with run.memory.phase(), run.freezer.unmerged_lora():
             row = epoch_row(run, epoch, stepped, train_time, self.measure())
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
         row["timed_alone"] = not self.lockstep_group  # per epoch: a resumed run may have been in a group before
@@ -252,6 +254,8 @@ class Training:
             return RunResult(self.run.config, pd.DataFrame(), None, {}, None, self.run.model)
         epochs_df = pd.DataFrame(self.rows)
         steps_df = pd.concat(self.step_rows, ignore_index=True) if self.step_rows else None
+        if self.run.freezer.lora_merge is not None:
+            self.run.freezer.lora_merge.unmerge_all()  # the caller gets the model's own weights back
         with process_settings(self.run.plan), self.run.memory.phase():  # the final evaluation with the run's own threads
             summary = summarize(self.run, epochs_df, steps_df)
         alone = epochs_df["timed_alone"] if "timed_alone" in epochs_df else pd.Series([False])

@@ -104,6 +104,8 @@ class ExecutionPlan:
     precision_reason: str = "float32 throughout"
     channels_last: bool = False  # image batches and conv weights in NHWC layout
     channels_last_reason: str = "not an image model"
+    merge_lora: bool = False  # frozen peft LoRA adapters are merged into their base weights (lora_merge.py)
+    merge_lora_reason: str = "merge_frozen_lora: auto, the model has no peft LoRA layer"
     threads: int = 1  # the config's torch thread count, which process_settings sets (runs sharing a loop agree)
     world_size: int = 1  # processes training this run together under DDP (torchrun); 1: no DDP
 
@@ -115,14 +117,15 @@ class ExecutionPlan:
 
 def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_sets: Callable[[int], int],
              optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_size: int,
-             scales_lr: bool = False, images: bool = False, world_size: int = 1) -> ExecutionPlan:
+             scales_lr: bool = False, images: bool = False, world_size: int = 1,
+             merge_lora: tuple[bool, str] = (False, ExecutionPlan.merge_lora_reason)) -> ExecutionPlan:
     """The plan of a built run.
 
     ``dropout``: the model has dropout; ``trainable_sets(enough)``: how many distinct trainable
     sets the schedule visits, counted up to ``enough`` (only asked when it matters);
     ``optimizer``: the built optimizer (is there a compiled update for it?); ``scales_lr``: the
     schedule sets per-group learning rates; ``images``: the model takes NCHW images; ``world_size``:
-    processes under DDP (the graph path is off).
+    processes under DDP (the graph path is off); ``merge_lora``: :func:`lora_merge_choice`'s answer.
     """
     precision, precision_reason = _precision(cfg, device, images)
     channels_last, channels_last_reason = _channels_last(cfg, device, images)
@@ -174,9 +177,28 @@ def plan_run(cfg: RunConfig, device: torch.device, *, dropout: bool, trainable_s
         precision_reason=precision_reason,
         channels_last=channels_last,
         channels_last_reason=channels_last_reason,
+        merge_lora=merge_lora[0],
+        merge_lora_reason=merge_lora[1],
         threads=cfg.threads,
         world_size=world_size,
     )
+
+
+def lora_merge_choice(cfg: RunConfig, model: torch.nn.Module) -> tuple[bool, str]:
+    """Whether the run merges frozen LoRA adapters (``merge_frozen_lora``), and why.
+
+    Decided on the built model, before the freezer that does the merging is made.
+    """
+    from ..lora_merge import why_not_mergeable
+
+    if cfg.merge_frozen_lora == "off":
+        return False, "merge_frozen_lora: off"
+    reason = why_not_mergeable(model)
+    if reason is None:
+        return True, f"merge_frozen_lora: {cfg.merge_frozen_lora}, plain LoRA adapters merge exactly"
+    if cfg.merge_frozen_lora == "on":
+        raise ConfigError(f"merge_frozen_lora: on cannot be used here: {reason}; use merge_frozen_lora: auto or off")
+    return False, f"merge_frozen_lora: auto, {reason}"
 
 
 def _precision(cfg: RunConfig, device: torch.device, images: bool) -> tuple[str, str]:
@@ -205,10 +227,10 @@ def _channels_last(cfg: RunConfig, device: torch.device, images: bool) -> tuple[
 
 
 def log_plan(cfg: RunConfig, plan: ExecutionPlan) -> None:
-    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s; %s%s; world size %d",
+    log.info("run %s (seed %d): %s stepper (%s); compiled: %s (%s); graphed measurements: %s; %s%s; world size %d%s",
              cfg.variant or cfg.experiment, cfg.seed, plan.stepper, plan.stepper_reason, plan.compiled,
              plan.compile_reason, plan.graphed_measurements, plan.precision, ", channels-last" if plan.channels_last else "",
-             plan.world_size)
+             plan.world_size, ", frozen LoRA merged" if plan.merge_lora else "")
 
 
 @contextlib.contextmanager
