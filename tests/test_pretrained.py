@@ -17,6 +17,7 @@ from freezelab.pretrained import (
     RUN_CHECKPOINT,
     LoraSpec,
     load_checkpoint,
+    prepare,
     read_state_dict,
     split_model_args,
     wrap_lora,
@@ -58,6 +59,27 @@ def test_a_timm_state_dict_loads_and_a_head_of_another_size_keeps_its_init(tmp_p
     assert equal_except(model.state_dict(), source.state_dict(), {"head.weight", "head.bias"})
     assert torch.equal(model.head.weight, init["head.weight"])  # the fresh (seeded) head, not the file's
     assert [r.message for r in caplog.records if "kept at their fresh init" in r.message]
+
+
+def test_an_imagenet21k_shaped_vit_s16_file_loads_into_vit_s16_and_takes_deep_lora(tmp_path):
+    """A user's ImageNet-21k ViT-S/16 (timm's vit_small_patch16_224 layout, 21,843-class head, as safetensors):
+    every backbone tensor loads, the 10-class head keeps its seeded init, and seed 002's LoRA wraps the result."""
+    timm = pytest.importorskip("timm")
+    safetensors = pytest.importorskip("safetensors.torch")
+    pytest.importorskip("peft")
+    torch.manual_seed(1)
+    source = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=21843)
+    safetensors.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    images = torch.randn(2, 3, 224, 224)
+    _, pretrained = split_model_args({"checkpoint": str(tmp_path / "model.safetensors"), "lora": LORA})
+    model = prepare(fresh("vit_s16", seed=2), pretrained, name="vit_s16", example_input=images)
+    base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()
+            if "lora_" not in k and "modules_to_save" not in k}
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(base[k], v) for k, v in backbone.items())
+    assert model.base_model.model.head.original_module.weight.shape == (10, 384)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n} == {"qkv", "proj", "fc1", "fc2"}
+    assert model(images).shape == (2, 10)
 
 
 def test_training_checkpoints_and_safetensors_give_the_same_weights(tmp_path):
