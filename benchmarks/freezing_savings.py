@@ -132,6 +132,24 @@ def by_kind(kernels: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def step_seconds(step, steps: int, cuda: bool) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step``: CUDA events around each (synchronised) on a GPU."""
+    times = []
+    for _ in range(steps):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1000)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def measure(model, gs, frozen, batch, loss_of, device, policy, steps, warmup, profile=False):
     """Median step time, peak memory, optimizer-state bytes (and kernel times) with ``frozen`` frozen.
 
@@ -157,19 +175,7 @@ def measure(model, gs, frozen, batch, loss_of, device, policy, steps, warmup, pr
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+    times = step_seconds(step, steps, cuda)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     kernels = kernel_times(step) if profile and cuda else None
     state = optimizer_state_bytes(fz.optimizer)

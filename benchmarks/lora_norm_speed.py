@@ -33,13 +33,13 @@ import json
 import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from freezelab.run import train
-from freezelab.schedules import Clock
+from freezelab.run import build_run, train
+from freezelab.run.memory import set_label
+from freezelab.run.probe import trainable_set_shares
 
 BASE = {
     "dataset": "cifar10", "recipe": "classes_5_9", "model": "vit_s16", "augment": "crop_flip",
@@ -60,15 +60,14 @@ SEED_EPOCHS = 5  # seed 002's run length, over which the phase shares are counte
 PHASE_NAMES = {"head+lora+norm": "all", "head+norm": "LoRA frozen", "head+lora": "Norm frozen"}
 
 
-def phase_shares(cfg: dict, steps_per_epoch: int) -> dict[str, float]:
-    """Each trainable set's share of the steps of seed 002's five epochs (schedules are pure: a scan of the clock)."""
-    from freezelab.schedules import schedule_from_dict
+def phase_shares(cfg: dict) -> dict[str, float]:
+    """Each trainable set's share of the steps of seed 002's five epochs under ``cfg``'s schedule.
 
-    schedule = schedule_from_dict(cfg["schedule"])
-    groups, total = ("norm", "lora"), steps_per_epoch * SEED_EPOCHS
-    counts = Counter("+".join(sorted(schedule.trainable(Clock.at(s, steps_per_epoch, SEED_EPOCHS), groups) | {"head"}))
-                     for s in range(total))
-    return {label: n / total for label, n in counts.items()}
+    Schedules are pure, so this is the timing probe's scan of the clock over a run built (on the
+    CPU, untrained) with five epochs; the labels are those of the per-step log.
+    """
+    run = build_run({**cfg, "epochs": SEED_EPOCHS, "device": "cpu"})
+    return {set_label(names): share for names, (_, share) in trainable_set_shares(run).items()}
 
 
 def bench(args) -> dict:
@@ -85,8 +84,7 @@ def bench(args) -> dict:
         result = train(cfg, progress=False)
         wall = time.perf_counter() - t0
         s = result.summary
-        spe = len(result.steps) // args.epochs
-        shares = phase_shares(cfg, spe)
+        shares = phase_shares(cfg)
         sets = s["trainable_sets"]
         phases = {}
         for label, share in shares.items():

@@ -39,7 +39,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,6 +47,7 @@ from torch import nn
 from freezelab import Freezer, groups
 from freezelab.flops import saved_for_backward, step_flops
 from freezelab.schedules import Clock, Freeze
+from freezing_savings import step_seconds  # a sibling script: benchmarks/ is on sys.path when run
 
 
 def cifar_resnet18(num_classes: int = 10) -> nn.Module:
@@ -112,19 +112,7 @@ def timed_steps(model, gs, frozen, x, y, args, device) -> tuple[float, int]:
 
     for _ in range(args.warmup):
         step()
-    times = []
-    for _ in range(args.steps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+    times = step_seconds(step, args.steps, cuda)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
         saved = saved_for_backward(model, x).bytes
     for p in model.parameters():  # a clean, fully trainable model for the next k
