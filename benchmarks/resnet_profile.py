@@ -48,6 +48,7 @@ from torch.profiler import ProfilerActivity, profile
 from freezelab.run import build_run
 from freezelab.run.plan import process_settings
 from freezelab.run.steppers import make_stepper
+from profile_step import epoch_times  # a sibling script: benchmarks/ is on sys.path when run
 
 CFG = {"dataset": "cifar10", "recipe": "train_test", "data_root": os.environ.get("FREEZELAB_DATA", ".data"),
        "model": "cifar_resnet18", "augment": "crop_flip", "optimizer": "sgd_momentum", "lr": 0.2, "weight_decay": 5e-4,
@@ -57,9 +58,6 @@ CFG = {"dataset": "cifar10", "recipe": "train_test", "data_root": os.environ.get
 CATEGORIES = (("conv forward", ("fprop", "fwd")), ("conv data gradient", ("dgrad",)), ("conv weight gradient", ("wgrad",)),
               ("triton reduction", ("triton_red", "triton_per")), ("triton pointwise", ("triton_poi",)),
               ("gemm", ("gemm", "cutlass")))
-
-
-OVERRIDES: dict = {}  # --smoke: a CPU run on a subset, to check the script itself
 
 
 def category(name: str) -> str:
@@ -126,32 +124,21 @@ def apply_variant(run, variant: str) -> None:
                     setattr(module, child_name, nn.Identity())
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def measure(variant: str) -> dict:
     torch._dynamo.reset()  # each variant compiles its own graphs (one model class would otherwise share one)
     torch.backends.cudnn.benchmark = "cudnn_benchmark" in variant.split("+")
-    run = build_run({**CFG, **OVERRIDES})
+    run = build_run(CFG)
     apply_variant(run, variant)
     with process_settings(run.plan), bn_not_decomposed() if "bn_native" in variant.split("+") else contextlib.nullcontext():
         stepper = make_stepper(run)
         t0 = time.perf_counter()
         stepper.run_epoch(0, run.batches.epoch(0))
-        sync()
+        torch.cuda.synchronize()
         first = time.perf_counter() - t0
-        times = []
-        for e in (1, 2, 3):
-            sync()
-            t0 = time.perf_counter()
-            stepper.run_epoch(e, run.batches.epoch(e))
-            sync()
-            times.append(time.perf_counter() - t0)
-        with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
+        times = epoch_times(stepper, run)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
             stepper.run_epoch(4, run.batches.epoch(4))
-            sync()
+            torch.cuda.synchronize()
     torch.backends.cudnn.benchmark = False
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
     spe = run.steps_per_epoch
@@ -218,18 +205,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="default,cudnn_benchmark,stem_pad8,cudnn_benchmark+stem_pad8,no_bn,bn_native")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="CPU, 128 images: checks the script, measures nothing")
     args = parser.parse_args()
-    if args.smoke:
-        OVERRIDES.update(device="cpu", subset=128, batch_size=64, threads=8)
-    res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "command": "python " + " ".join(sys.argv), "variants": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if torch.cuda.is_available():
-        (out / "bn_backends_gpu.json").write_text(json.dumps({**res, "variants": None, "bn_backends": bn_backends()},
-                                                             indent=2))
+    (out / "bn_backends_gpu.json").write_text(json.dumps({**res, "variants": None, "bn_backends": bn_backends()}, indent=2))
     for variant in filter(None, args.variants.split(",")):
         try:
             res["variants"].append(measure(variant))
